@@ -1,0 +1,234 @@
+"""The ``prunelab`` command line: a thin layer over the Python API.
+
+Example:
+    >>> main(["--version"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+from . import __version__
+
+__all__ = ["BUILTIN_CONFIGS", "builtin_config_path", "main"]
+
+BUILTIN_CONFIGS: tuple[str, ...] = ("han2015-lenet300", "han2015-lenet5")
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a shipped YAML config (copy it to make your own).
+
+    Raises:
+        ValueError: unknown name (lists the built-in ones).
+    """
+    if name not in BUILTIN_CONFIGS:
+        raise ValueError(f"unknown built-in config {name!r}; allowed: {', '.join(BUILTIN_CONFIGS)}")
+    return Path(str(resources.files("prunelab") / "configs" / f"{name}.yaml"))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    overrides: dict = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.threads is not None:
+        overrides["threads"] = args.threads
+    cfg = load_config(args.config, overrides)
+    return _execute(cfg, args)
+
+
+def _execute(cfg: object, args: argparse.Namespace) -> int:
+    from .runner import run_han
+
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-seed{cfg.seed}"
+    after = None
+    if not getattr(args, "no_report", True):
+        try:
+            from .report import write_report
+
+            def after(out_dir: Path, summary: dict) -> None:
+                write_report(out_dir)
+        except ImportError:
+            after = None
+    summary = run_han(cfg, out, resume=args.resume, quiet=args.quiet, after_run=after)
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    from rich.console import Console
+
+    from .paper import PAPER
+
+    console = Console()
+    paper = PAPER.get(summary["model"])
+    line = (
+        f"[bold]{summary['name']}[/] (seed {summary['seed']}): test error "
+        f"{summary['test_error_dense']:.2f}% dense -> {summary['test_error_pruned']:.2f}% pruned, "
+        f"{summary['params_total']:,} -> {summary['params_nonzero']:,} parameters "
+        f"({summary['compression']:.1f}x), {summary['time_s'] / 60:.1f} min"
+    )
+    console.print(line)
+    if paper:
+        console.print(
+            f"paper ({paper['network']}): {paper['test_error_dense']:.2f}% -> "
+            f"{paper['test_error_pruned']:.2f}%, {paper['params_total']:,} -> "
+            f"{paper['params_nonzero']:,} ({paper['compression']}x)"
+        )
+    console.print(f"run directory: {out}")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    overrides: dict = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.threads is not None:
+        overrides["threads"] = args.threads
+    cfg = load_config(builtin_config_path(args.experiment), overrides)
+    return _execute(cfg, args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .runner import evaluate_model_file
+
+    res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device)
+    if args.json:
+        print(json.dumps({k: res[k] for k in ("test_error", "params_total", "params_nonzero")}))
+    else:
+        print(
+            f"{res['model']} on {res['dataset']}: test error {res['test_error']:.2f}%, "
+            f"{res['params_nonzero']:,} / {res['params_total']:,} parameters nonzero "
+            f"({res['compression']:.1f}x)"
+        )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runner import evaluate_model_file
+
+    res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device)
+    stats = res["stats"]
+    table = Table(title=f"{args.model_file}: {res['model']}, test error {res['test_error']:.2f}%")
+    for col in ("layer", "kind", "shape", "weights", "nonzero", "kept %", "FLOP", "FLOP kept %",
+                "input density %"):
+        table.add_column(col, justify="right" if col not in ("layer", "kind") else "left")
+    for layer in stats.layers:
+        table.add_row(layer.name, layer.kind, "x".join(map(str, layer.shape)),
+                      f"{layer.weights:,}", f"{layer.nonzero:,}",
+                      f"{100 * layer.weights_kept:.1f}", f"{layer.flops_dense:,}",
+                      f"{100 * layer.flops_kept:.1f}", f"{100 * layer.input_density:.0f}")
+    table.add_row("total", "", "", f"{stats.weights:,}", f"{stats.nonzero:,}",
+                  f"{100 * stats.nonzero / stats.weights:.1f}", f"{stats.flops_dense:,}",
+                  f"{100 * stats.flops_pruned / stats.flops_dense:.1f}", "")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"parameters (biases included): {stats.params_nonzero:,} nonzero of "
+        f"{stats.params_total:,} ({stats.compression:.1f}x)"
+    )
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="run directory (default: runs/<name>-seed<seed>)")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (overrides the config)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html")
+
+
+def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> (
+    argparse.ArgumentParser
+):
+    """The argument parser (subcommands registered here and by ``extra`` callbacks)."""
+    parser = argparse.ArgumentParser(
+        prog="prunelab",
+        description="Learn which connections matter: Han et al. 2015 pruning, measured honestly.",
+    )
+    parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a prune-retrain pipeline from a YAML config",
+                       description="Run a full pipeline (train dense, prune, retrain, iterate) "
+                       "from a YAML config into a run directory.")
+    p.add_argument("config", help="YAML config file")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("reproduce", help="reproduce a paper result with a built-in config",
+                       description="Run a built-in config: " + ", ".join(BUILTIN_CONFIGS))
+    p.add_argument("experiment", choices=BUILTIN_CONFIGS)
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_reproduce)
+
+    for name, func, helptext in (
+        ("evaluate", _cmd_evaluate, "test error and parameter counts of a saved model"),
+        ("inspect", _cmd_inspect, "per-layer table of a saved model"),
+    ):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("model_file", help="model file (model.safetensors) or compact export")
+        p.add_argument("--data-root", help="dataset root (default: shipped data / PRUNELAB_DATA)")
+        p.add_argument("--device", default="cpu", help="cpu or cuda")
+        if name == "evaluate":
+            p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=func)
+    for register in extra:
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands contributed by optional modules (export, report, sensitivity, rethink)."""
+    found = []
+    for mod_name in ("export.cli", "report.cli", "rethink.cli"):
+        try:
+            mod = __import__(f"prunelab.{mod_name}", fromlist=["register"])
+        except ImportError:
+            continue
+        found.append(mod.register)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prunelab`` command.
+
+    Returns:
+        The exit status: 0 on success, 2 for user errors (bad config, missing file).
+    """
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DatasetError
+    from .runner import RunDirectoryError
+
+    parser = build_parser(_extra_commands())
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DatasetError, RunDirectoryError, CheckpointError, ValueError) as exc:
+        print(f"prunelab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunelab: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

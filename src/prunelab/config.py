@@ -1,0 +1,251 @@
+"""Run configuration: frozen, validated pydantic models read from YAML.
+
+Every key is checked before any work starts: an unknown key or a bad value raises
+:class:`ConfigError` naming the key and the allowed values.
+
+Example:
+    >>> cfg = RunConfig.model_validate({
+    ...     "model": {"name": "lenet300"},
+    ...     "train": {"epochs": 1},
+    ...     "prune": {"method": "std", "schedule": [{"q": 1.0, "epochs": 1}]},
+    ... })
+    >>> cfg.prune.retrain.lr_factor
+    0.1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "IterationConfig",
+    "LRPolicyConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PruneConfig",
+    "RegularizationConfig",
+    "RetrainConfig",
+    "RunConfig",
+    "TrainConfig",
+    "config_hash",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message names each bad key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Which network: a registered name or ``"package.module:Factory"``, and its kwargs."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Strict):
+    """Dataset, validation split and an optional subset (for quick tests)."""
+
+    name: Literal["mnist", "fashion-mnist"] = "mnist"
+    root: str | None = None
+    val_size: int = Field(5000, ge=0, lt=60000)
+    subset: int | None = Field(None, gt=0)
+    normalize: Literal["standard", "scale"] = Field(
+        "standard",
+        description="standard: (x - mean) / std; scale: x / std (keeps zero pixels zero, like "
+        "Caffe's pixel scaling, so input-activation densities stay meaningful)",
+    )
+
+
+class OptimizerConfig(_Strict):
+    """Optimizer: SGD (momentum, Nesterov) or Adam/AdamW."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class LRPolicyConfig(_Strict):
+    """Learning-rate policy within a phase (see :func:`prunelab.training.lr_schedule`)."""
+
+    name: Literal["constant", "inv", "step", "multistep", "cosine"] = "constant"
+    gamma: float = Field(0.1, ge=0)
+    power: float = Field(0.75, ge=0)
+    milestones: tuple[float, ...] = ()
+    min_lr: float = Field(0.0, ge=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [m for m in v if not 0 < m < 1]
+        if bad:
+            raise ValueError(f"milestones must be fractions of the phase in (0, 1), got {bad}")
+        return v
+
+
+class RegularizationConfig(_Strict):
+    """L2 (weight decay) or L1 (penalty on the weights), and its strength."""
+
+    kind: Literal["l2", "l1", "none"] = "l2"
+    strength: float = Field(5e-4, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Dense training."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, gt=0)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_policy: LRPolicyConfig = LRPolicyConfig()
+    regularization: RegularizationConfig = RegularizationConfig()
+    keep_best: bool = Field(
+        True, description="restore the weights of the best validation epoch at phase end"
+    )
+
+
+class RetrainConfig(_Strict):
+    """Retraining after each pruning step (defaults: the training settings)."""
+
+    lr_factor: float = Field(0.1, gt=0, description="retrain lr = factor x training lr")
+    lr_policy: LRPolicyConfig | None = None
+    optimizer: OptimizerConfig | None = None
+    regularization: RegularizationConfig | None = None
+    freeze: Literal["none", "conv", "fc"] = "none"
+    keep_best: bool = True
+
+
+LayerAmount = float | dict[str, float]
+
+
+class IterationConfig(_Strict):
+    """One prune -> retrain iteration of the schedule."""
+
+    q: LayerAmount | None = None
+    sparsity: LayerAmount | None = None
+    epochs: int = Field(..., ge=0)
+    layers: list[str] | None = None
+    freeze: Literal["none", "conv", "fc"] | None = None
+
+
+class PruneConfig(_Strict):
+    """Pruning: criterion, layer selection, schedule and Han's retraining rules."""
+
+    method: Literal["std", "magnitude", "random"] = "std"
+    layers: list[str] | None = None
+    exclude: list[str] | None = None
+    std_source: Literal["dense", "surviving"] = "dense"
+    scope: Literal["layer", "global"] = "layer"
+    min_density: LayerAmount = 0.0
+    schedule: list[IterationConfig] = Field(..., min_length=1)
+    retrain: RetrainConfig = RetrainConfig()
+    dead_neurons: bool = True
+    dropout_adjust: bool = True
+    dropout_map: dict[str, str] | None = None
+    reinit: bool = False
+    monotone: bool = True
+
+    @model_validator(mode="after")
+    def _amounts(self) -> PruneConfig:
+        need = "q" if self.method == "std" else "sparsity"
+        other = "sparsity" if need == "q" else "q"
+        for i, it in enumerate(self.schedule):
+            if getattr(it, need) is None:
+                raise ValueError(f"schedule[{i}] needs '{need}' for method {self.method!r}")
+            if getattr(it, other) is not None:
+                raise ValueError(
+                    f"schedule[{i}] sets '{other}', which method {self.method!r} does not use; "
+                    f"use '{need}'"
+                )
+        if self.scope == "global" and self.method != "magnitude":
+            raise ValueError("scope 'global' needs method 'magnitude'")
+        return self
+
+
+class RunConfig(_Strict):
+    """A whole Han pipeline run."""
+
+    name: str = "run"
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's)")
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig
+    eval_batch_size: int = Field(1000, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not (v == "cpu" or v == "cuda" or v.startswith("cuda:") or v == "mps"):
+            raise ValueError(f"device {v!r} is unknown; allowed: cpu, cuda, cuda:N, mps")
+        return v
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "") -> RunConfig:
+    """Validate a mapping into a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: listing every bad key/value.
+    """
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config, apply top-level overrides (e.g. ``{"seed": 1}``), validate it.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, not a mapping, or invalid.
+    """
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(p)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
+    data.update(overrides or {})
+    return parse_config(data, repr(str(p)))
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """A short stable hash of a config (sorted JSON), for run ids and resumable sweeps.
+
+    Example:
+        >>> a = ModelConfig(name="lenet5")
+        >>> config_hash(a) == config_hash(ModelConfig(name="lenet5"))
+        True
+    """
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,45 @@
+"""Dataset loading: MNIST and Fashion-MNIST from IDX files, verified by SHA-256.
+
+Public API:
+
+* :func:`load_dataset` -- load a dataset into memory as train/val/test torch tensors.
+* :class:`DatasetSplits`, :class:`Split` -- the returned containers.
+* :data:`DATASETS`, :func:`dataset_info`, :class:`DatasetInfo` -- the dataset registry
+  (file names, checksums, class names, mirrors, default roots).
+* :func:`resolve_root` -- where the files of a dataset are looked for.
+* :func:`read_idx` -- strict reader for a single IDX file (gzip or plain).
+* :class:`DatasetError` -- raised for missing, corrupt or unverifiable data files.
+
+Example:
+    >>> from prunelab.data import load_dataset
+    >>> ds = load_dataset("mnist")  # doctest: +SKIP
+    >>> len(ds.train), len(ds.val), len(ds.test)  # doctest: +SKIP
+    (55000, 5000, 10000)
+"""
+
+from prunelab.data.datasets import (
+    DATASETS,
+    ENV_VAR,
+    DatasetInfo,
+    DatasetSplits,
+    Split,
+    clear_cache,
+    dataset_info,
+    load_dataset,
+    resolve_root,
+)
+from prunelab.data.idx import DatasetError, read_idx
+
+__all__ = [
+    "DATASETS",
+    "ENV_VAR",
+    "DatasetError",
+    "DatasetInfo",
+    "DatasetSplits",
+    "Split",
+    "clear_cache",
+    "dataset_info",
+    "load_dataset",
+    "read_idx",
+    "resolve_root",
+]

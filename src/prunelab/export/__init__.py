@@ -1,0 +1,68 @@
+"""Compact storage of pruned models: Han's relative-index format, CSR, and a safetensors container.
+
+Example:
+    >>> import os, tempfile, torch
+    >>> from torch import nn
+    >>> from torch.nn.utils import prune
+    >>> from prunelab.export import export_model, load_compact
+    >>> net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> _ = prune.l1_unstructured(net[0], "weight", amount=0.75)
+    >>> path = export_model(net, os.path.join(tempfile.mkdtemp(), "net.safetensors"))
+    >>> state, metadata = load_compact(path)
+    >>> torch.equal(state["0.weight"], net[0].weight)
+    True
+"""
+
+from prunelab.export.container import (
+    FORMAT_VERSION,
+    FORMATS,
+    CompactFormat,
+    ExportFormatError,
+    compressible_weight_names,
+    default_index_bits,
+    effective_state_dict,
+    export_model,
+    load_compact,
+    read_compact_header,
+    save_compact,
+)
+from prunelab.export.csr import CsrEncoded, csr_matrix_shape, decode_csr, encode_csr, to_torch_csr
+from prunelab.export.relative_index import (
+    RelativeEncoded,
+    decode_relative,
+    encode_relative,
+    pack_bits,
+    packed_nbytes,
+    relative_entry_counts,
+    unpack_bits,
+)
+from prunelab.export.size_table import LayerSize, format_size_table_markdown, size_table
+
+__all__ = [
+    "FORMATS",
+    "FORMAT_VERSION",
+    "CompactFormat",
+    "CsrEncoded",
+    "ExportFormatError",
+    "LayerSize",
+    "RelativeEncoded",
+    "compressible_weight_names",
+    "csr_matrix_shape",
+    "decode_csr",
+    "decode_relative",
+    "default_index_bits",
+    "effective_state_dict",
+    "encode_csr",
+    "encode_relative",
+    "export_model",
+    "format_size_table_markdown",
+    "load_compact",
+    "pack_bits",
+    "packed_nbytes",
+    "read_compact_header",
+    "relative_entry_counts",
+    "save_compact",
+    "size_table",
+    "to_torch_csr",
+    "unpack_bits",
+]

@@ -1,0 +1,134 @@
+"""Progress reporting: rich progress bars with loss, accuracy and ETA, or silence.
+
+Example:
+    >>> r = RichReporter(quiet=True)
+    >>> r.phase_start("train", 1, 10)
+    >>> r.phase_end()
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["JsonlLog", "RichReporter"]
+
+
+class JsonlLog:
+    """Append-only JSON-lines log of epoch records and events (rewritten on resume)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replace the log with ``records`` (after a resume, from the checkpoint)."""
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        tmp.replace(self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one record."""
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+class RichReporter:
+    """A progress bar per phase; a line per epoch and per pruning event.
+
+    Args:
+        quiet: print nothing (for scripts and tests).
+        log: optional :class:`JsonlLog` receiving every record.
+        console: rich console to print to.
+    """
+
+    def __init__(self, quiet: bool = False, log: JsonlLog | None = None,
+                 console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.log = log
+        self.console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def phase_start(self, name: str, epochs: int, batches_per_epoch: int) -> None:
+        """Open a bar for ``epochs * batches_per_epoch`` steps."""
+        if self.quiet:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=self.console, transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(name, total=max(1, epochs * batches_per_epoch),
+                                             info="")
+
+    def batch(self) -> None:
+        """Advance the bar by one step."""
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        """Log an epoch record and print its line."""
+        if self.log is not None:
+            self.log.append(record)
+        if self.quiet:
+            return
+        line = (
+            f"{record['phase']:>7} it {record['iteration']} ep {record['epoch']:>3}  "
+            f"loss {record['loss']:.4f}  train {100 * record['train_accuracy']:.2f}%  "
+            f"val {100 * record['val_accuracy']:.2f}%  lr {record['lr']:.2e}  "
+            f"({record['time_s']:.1f}s)"
+        )
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                info=f"loss {record['loss']:.3f} val {100 * record['val_accuracy']:.2f}%",
+            )
+            self._progress.console.print(line)
+        else:
+            self.console.print(line)
+
+    def event(self, record: dict[str, Any]) -> None:
+        """Log an event (prune, dropout change, best epoch) and print a summary."""
+        if self.log is not None:
+            self.log.append(record)
+        if self.quiet:
+            return
+        if record["kind"] == "prune":
+            parts = ", ".join(
+                f"{r['layer']} {100 * (1 - r['sparsity_after']):.1f}%"
+                for r in record["layers"]
+            )
+            dead = record.get("dead_neurons") or {}
+            removed = sum(v["removed"] for v in dead.values())
+            self.console.print(
+                f"[cyan]prune {record['iteration']}[/]: weights kept {parts}"
+                + (f"; dead neurons removed: {removed}" if removed else "")
+            )
+        elif record["kind"] == "dropout":
+            parts = ", ".join(
+                f"{c['dropout']} {c['original']:.3f}->{c['retrain']:.3f}" for c in record["changes"]
+            )
+            self.console.print(f"[cyan]dropout rule[/]: {parts}")
+        elif record["kind"] == "best_epoch":
+            self.console.print(
+                f"[cyan]phase {record['iteration']}[/]: kept epoch {record['epoch']} "
+                f"(best validation accuracy {100 * record['val_accuracy']:.2f}%)"
+            )
+
+    def phase_end(self) -> None:
+        """Close the bar."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,43 @@
+"""Sparse inference for pruned models on CPU.
+
+``SparseLinear`` stores a pruned weight as int32-indexed CSR and runs MKL's sparse GEMV/GEMM
+through torch; ``compile_sparse`` makes pruning permanent on a copy of a model and swaps in
+``SparseLinear`` only where it measures faster than dense on the example input.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from prunelab.sparse import compile_sparse
+    >>> net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    >>> sm = compile_sparse(net, torch.randn(1, 64), repeats=3)
+    >>> sorted(d.layer for d in sm.report)
+    ['0', '2']
+"""
+
+from prunelab.sparse.kernels import (
+    INDEX_DTYPES,
+    SparseLinear,
+    csr_bytes,
+    dense_weight_bytes,
+    make_csr,
+)
+from prunelab.sparse.runtime import (
+    LayerDecision,
+    SparseModel,
+    compile_sparse,
+    make_pruning_permanent,
+    measure_us,
+)
+
+__all__ = [
+    "INDEX_DTYPES",
+    "LayerDecision",
+    "SparseLinear",
+    "SparseModel",
+    "compile_sparse",
+    "csr_bytes",
+    "dense_weight_bytes",
+    "make_csr",
+    "make_pruning_permanent",
+    "measure_us",
+]
