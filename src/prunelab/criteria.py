@@ -87,7 +87,9 @@ def std_threshold_mask(
         raise ValueError(f"quality parameter q={q!r} is invalid; allowed: a finite q >= 0")
     if not math.isfinite(std) or std < 0:
         raise ValueError(f"std={std!r} is invalid; allowed: a finite std >= 0")
-    return (weight.abs() >= q * std) & _alive(weight, current)
+    # Compare in float64: against a float32 tensor the scalar q*std would be rounded to
+    # float32 first, and a weight 1 ulp below the threshold would then be kept.
+    return (weight.abs().double() >= float(q) * float(std)) & _alive(weight, current)
 
 
 def _scores_keep_top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
@@ -232,7 +234,7 @@ def _global_topk_counts(
     scores = torch.cat(
         [
             torch.where(
-                alive[n].flatten(),
+                alive[n].flatten().cpu(),  # scores are gathered on the CPU
                 weights[n].detach().abs().flatten().double().cpu(),
                 torch.tensor(-math.inf, dtype=torch.float64),
             )

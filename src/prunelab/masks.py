@@ -18,7 +18,7 @@ Example:
     >>> from torch import nn
     >>> from prunelab.masks import set_mask, sparsity
     >>> layer = nn.Linear(4, 2)
-    >>> set_mask(layer, "weight", torch.tensor([[1., 0, 1, 0], [0, 0, 1, 1]]))
+    >>> _ = set_mask(layer, "weight", torch.tensor([[1., 0, 1, 0], [0, 0, 1, 1]]))
     >>> torch.nn.utils.prune.is_pruned(layer), sparsity(layer)
     (True, 0.5)
 """
@@ -122,6 +122,25 @@ def _ensure_detach_hook(module: nn.Module, name: str) -> None:
     module.register_forward_hook(DetachEffective(name))
 
 
+def _install(module: nn.Module, name: str) -> None:
+    """Reparametrise ``module.<name>`` with ``torch.nn.utils.prune.identity``, in place.
+
+    ``identity`` re-registers the parameter as ``<name>_orig`` at the *end* of the module's
+    parameters. It is moved back to where ``<name>`` was, so the parameter order (which
+    optimizer state dicts are keyed by) is the unpruned module's order whatever order masks
+    were installed in: a checkpoint whose keys come back sorted (safetensors) restores the
+    same order as the run that wrote it.
+    """
+    keys = list(module._parameters)
+    position = keys.index(name) if name in keys else len(keys)
+    torch_prune.identity(module, name)
+    items = list(module._parameters.items())
+    moved = items.pop(next(i for i, (k, _) in enumerate(items) if k == f"{name}_orig"))
+    items.insert(position, moved)
+    module._parameters.clear()
+    module._parameters.update(items)
+
+
 def _refresh(module: nn.Module, name: str) -> None:
     """Recompute the plain attribute ``module.<name>`` after a mask change (as the hook does)."""
     with torch.no_grad():
@@ -163,8 +182,8 @@ def set_mask(
         >>> from torch import nn
         >>> layer = nn.Linear(2, 2)
         >>> m = set_mask(layer, "weight", torch.tensor([[1., 0.], [1., 1.]]))
-        >>> float(layer.weight[0, 1])
-        0.0
+        >>> float(layer.weight[0, 1]) == 0.0  # -0.0 when the weight was negative
+        True
     """
     param = _raw_parameter(module, name)
     if tuple(mask.shape) != tuple(param.shape):
@@ -172,7 +191,7 @@ def set_mask(
             f"mask shape {tuple(mask.shape)} does not match {name!r} of shape {tuple(param.shape)}"
         )
     if not is_masked(module, name):
-        torch_prune.identity(module, name)
+        _install(module, name)
     _ensure_detach_hook(module, name)
     buf = module._buffers[f"{name}_mask"]
     new = (mask != 0).to(dtype=buf.dtype, device=buf.device)
@@ -321,7 +340,7 @@ def load_pruned_state_dict(
         if orig_key not in state_dict:
             continue  # not in the prune convention; let load_state_dict report it
         if not is_masked(module, tensor_name):
-            torch_prune.identity(module, tensor_name)
+            _install(module, tensor_name)
         _ensure_detach_hook(module, tensor_name)
         with torch.no_grad():
             module._buffers[f"{tensor_name}_mask"].copy_(value)

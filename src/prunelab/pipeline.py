@@ -182,6 +182,12 @@ class HanPipeline:
         self._params: list[nn.Parameter] = []
         self._restored = False
 
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Record an event, stamped with the number of epochs run so far (for ordering)."""
+        event["after_epoch"] = sum(1 for h in self.history if h["kind"] == "epoch")
+        self.events.append(event)
+        self.reporter.event(event)
+
     # ------------------------------------------------------------------ phases
     @property
     def num_phases(self) -> int:
@@ -229,22 +235,24 @@ class HanPipeline:
             report = prune_dead_neurons(self.model, self._structure(), self.example)
             event["dead_neurons"] = report.counts()
         if pc.reinit:
-            self._reinitialise()
+            self._reinitialise(index + 1)
             event["reinit"] = True
-        self.events.append(event)
-        self.reporter.event(event)
+        self._emit(event)
 
-    def _reinitialise(self) -> None:
+    def _reinitialise(self, phase: int) -> None:
         """Re-draw surviving weights (the ablation the paper argues against).
 
-        Uses PyTorch's default Linear/Conv initialisation, then re-applies the masks.
+        Uses PyTorch's default Linear/Conv initialisation from a generator seeded with
+        ``(seed, phase)`` (so a resumed run re-draws the same values), then re-applies masks.
         """
+        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, phase, 0))
         for _, module, name, mask in list(iter_masks(self.model)):
             if name != "weight":
                 continue
             orig = module._parameters["weight_orig"]
-            fresh = torch.empty_like(orig)
-            nn.init.kaiming_uniform_(fresh, a=5**0.5)
+            fresh = torch.empty(orig.shape, dtype=orig.dtype)
+            nn.init.kaiming_uniform_(fresh, a=5**0.5, generator=gen)
+            fresh = fresh.to(orig.device)
             with torch.no_grad():
                 orig.copy_(fresh * mask)
 
@@ -258,6 +266,13 @@ class HanPipeline:
                                      self.dense_connections)
         self.dropout_now.update({c.dropout: c.retrain for c in changes})
         return changes
+
+    def _frozen_norms(self, phase: int) -> list[nn.Module]:
+        """BatchNorm layers frozen with the conv layers: their running stats must not move."""
+        if self._phase_settings(phase)[5] != "conv":
+            return []
+        return [m for m in self.model.modules()
+                if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)]
 
     def _make_optimizer(self, phase: int) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
         _, lr, opt_cfg, _, reg, freeze, _ = self._phase_settings(phase)
@@ -364,8 +379,7 @@ class HanPipeline:
                     if changes:
                         event = {"kind": "dropout", "iteration": phase,
                                  "changes": [c.to_dict() for c in changes]}
-                        self.events.append(event)
-                        self.reporter.event(event)
+                        self._emit(event)
                 self.optimizer, self._params = self._make_optimizer(phase)
                 self.best = None
             elif self.optimizer is None:
@@ -387,6 +401,7 @@ class HanPipeline:
                     seed=epoch_seed(self.cfg.seed, phase, self.epoch_done),
                     step0=self.epoch_done * per_epoch, l1=l1, l1_params=self._params,
                     on_batch=lambda b, n: self.reporter.batch(),
+                    eval_modules=self._frozen_norms(phase),
                 )
                 val_loss, val_acc = evaluate(self.model, self.data.x_val, self.data.y_val,
                                              batch_size=self.cfg.eval_batch_size)
@@ -411,6 +426,8 @@ class HanPipeline:
                 self._save_checkpoint()
             self.reporter.phase_end()
             self._finish_phase(phase, keep_best)
+        for p in self.model.parameters():  # frozen only for the retraining phases
+            p.requires_grad_(True)
         _, val_acc = evaluate(self.model, self.data.x_val, self.data.y_val,
                               batch_size=self.cfg.eval_batch_size)
         return PipelineResult(
@@ -428,8 +445,7 @@ class HanPipeline:
             load_pruned_state_dict(self.model, self.best["state"])
             event = {"kind": "best_epoch", "iteration": phase, "epoch": self.best["epoch"],
                      "val_accuracy": self.best["val_accuracy"]}
-            self.events.append(event)
-            self.reporter.event(event)
+            self._emit(event)
         # Masks must survive the restore exactly; re-assert them (no-op when consistent).
         for _, module, name, mask in list(iter_masks(self.model)):
             set_mask(module, name, mask.clone())

@@ -134,7 +134,8 @@ def run_han(
     pipe = HanPipeline(model, cfg, data, run_dir=out, reporter=reporter)
     restored = pipe.restore() if resume else False
     log.rewrite(
-        sorted(pipe.history + pipe.events, key=lambda r: r.get("global_epoch", 0))
+        sorted(pipe.history + pipe.events,
+               key=lambda r: r["global_epoch"] if r["kind"] == "epoch" else r["after_epoch"] + 0.5)
         if restored else []
     )
     if restored and not quiet:

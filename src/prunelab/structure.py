@@ -97,6 +97,14 @@ def _leaf_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if n and not list(m.children())}
 
 
+def _reads_metadata_only(node: torch.fx.Node) -> bool:
+    if node.op == "call_method" and node.target in ("size", "dim", "numel"):
+        return True
+    return node.op == "call_function" and node.target is getattr and node.args[1:2] in (
+        ("shape",), ("dtype",), ("device",)
+    )
+
+
 def _fx_single_path(model: nn.Module, links: Sequence[Link]) -> bool | None:
     """Check with torch.fx that each link is one unbranched path; None if fx cannot trace."""
     try:
@@ -109,13 +117,15 @@ def _fx_single_path(model: nn.Module, links: Sequence[Link]) -> bool | None:
         if node is None:
             return False
         while True:
-            users = list(node.users)
+            # x.size(0) / x.shape in `x.view(x.size(0), -1)` read metadata, not data.
+            users = [u for u in node.users if not _reads_metadata_only(u)]
             if len(users) != 1:
                 return False
             node = users[0]
             if node.op == "call_module" and node.target == link.consumer:
                 break
-            if len(node.all_input_nodes) != 1 or node.op == "output":
+            data_inputs = [n for n in node.all_input_nodes if not _reads_metadata_only(n)]
+            if len(data_inputs) != 1 or node.op == "output":
                 return False
     return True
 

@@ -154,6 +154,7 @@ def train_epoch(
     l1: float = 0.0,
     l1_params: Sequence[nn.Parameter] = (),
     on_batch: Callable[[int, int], None] | None = None,
+    eval_modules: Sequence[nn.Module] = (),
 ) -> EpochStats:
     """Train one epoch over in-memory tensors.
 
@@ -170,11 +171,15 @@ def train_epoch(
             of ``l1_params`` (pruned entries are zero, so their sign is zero).
         l1_params: parameters the L1 penalty acts on.
         on_batch: progress callback ``(batch_index, num_batches)``.
+        eval_modules: submodules kept in eval mode (e.g. frozen BatchNorm layers, whose
+            running statistics must not change).
 
     Returns:
         :class:`EpochStats` (loss and accuracy averaged over samples).
     """
     model.train()
+    for m in eval_modules:
+        m.eval()
     n = x.shape[0]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws of this epoch

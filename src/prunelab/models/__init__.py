@@ -2,5 +2,14 @@
 
 from .lenet import LeNet5, LeNet300
 from .registry import MODELS, available_models, build_model, register_model
+from .vgg import VGGSmall
 
-__all__ = ["MODELS", "LeNet5", "LeNet300", "available_models", "build_model", "register_model"]
+__all__ = [
+    "MODELS",
+    "LeNet5",
+    "LeNet300",
+    "VGGSmall",
+    "available_models",
+    "build_model",
+    "register_model",
+]

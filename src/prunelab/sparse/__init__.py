@@ -25,6 +25,7 @@ from prunelab.sparse.runtime import (
     LayerDecision,
     SparseModel,
     compile_sparse,
+    deepcopy_pruned,
     make_pruning_permanent,
     measure_us,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "SparseModel",
     "compile_sparse",
     "csr_bytes",
+    "deepcopy_pruned",
     "dense_weight_bytes",
     "make_csr",
     "make_pruning_permanent",

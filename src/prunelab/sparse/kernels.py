@@ -174,9 +174,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("values", values)
         self.register_buffer("crow_indices", crow)
         self.register_buffer("col_indices", col)
-        self.register_buffer(
-            "bias", None if bias is None else bias.detach().clone().contiguous()
-        )
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
         self._csr: torch.Tensor | None = None
         self._csr_key: tuple[Any, ...] | None = None
 

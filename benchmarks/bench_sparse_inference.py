@@ -1,0 +1,584 @@
+"""Benchmark sparse CPU inference of pruned layers and models against dense.
+
+Two parts, measured in one run, interleaved (each repeat times every variant once), medians:
+
+(a) single FC layers with the shapes and densities of the paper's big nets (AlexNet / VGG-16
+    fc6-fc8, random masks), batch 1 and 64: dense ``F.linear`` vs torch's own CSR
+    (``W.to_sparse_csr()``, int64 indices, ``torch.sparse.mm(csr, x.T)``) vs prunelab's
+    :class:`~prunelab.sparse.SparseLinear` (int32 CSR, ``addmv``/``addmm``); the weight bytes
+    each format streams per call (the memory-traffic bound of a batch-1 GEMV) and Deep
+    Compression's measured speedups. At batch 1 an ablation separates the index-width and the
+    mv-vs-mm effects and includes a pure-torch gather formulation.
+(b) whole models via :func:`bench_models`: dense (pruning made permanent) vs masked
+    (``torch.nn.utils.prune`` hooks) vs :func:`~prunelab.sparse.compile_sparse`.
+
+Usage::
+
+    python benchmarks/bench_sparse_inference.py --json out.json --md out.md
+    python benchmarks/bench_sparse_inference.py --quick
+
+Threads: ``torch.get_num_threads()`` of the machine unless ``--threads`` is given; the value
+used is recorded in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.nn.utils import prune
+
+from prunelab.sparse import (
+    SparseLinear,
+    compile_sparse,
+    csr_bytes,
+    deepcopy_pruned,
+    dense_weight_bytes,
+    make_pruning_permanent,
+    measure_us,
+)
+
+# (name, in_features, out_features, density, Deep Compression batch-1 speedup)
+PAPER_LAYERS: list[tuple[str, int, int, float, float]] = [
+    ("AlexNet fc6", 9216, 4096, 0.09, 2.45),
+    ("AlexNet fc7", 4096, 4096, 0.09, 4.83),
+    ("AlexNet fc8", 4096, 1000, 0.25, 1.27),
+    ("VGG-16 fc6", 25088, 4096, 0.04, 9.3),
+    ("VGG-16 fc7", 4096, 4096, 0.04, 9.9),
+    ("VGG-16 fc8", 4096, 1000, 0.23, 1.0),
+]
+QUICK_LAYERS = ("AlexNet fc8", "VGG-16 fc7", "VGG-16 fc8")
+DC_BATCH64_NOTE = "<1 (slower)"  # Deep Compression: at batch 64 sparse was slower everywhere
+
+
+def _masked_linear_weight(
+    in_f: int, out_f: int, density: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.Linear-style init (U(-1/sqrt(in), 1/sqrt(in))) with a random mask at ``density``."""
+    g = torch.Generator().manual_seed(seed)
+    bound = 1.0 / in_f**0.5
+    w = torch.empty(out_f, in_f).uniform_(-bound, bound, generator=g)
+    w.mul_(torch.rand(out_f, in_f, generator=g) < density)
+    b = torch.empty(out_f).uniform_(-bound, bound, generator=g)
+    return w, b
+
+
+def _to_csr(w: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return w.to_sparse_csr()
+
+
+def _layer_fns(
+    w: torch.Tensor,
+    b: torch.Tensor,
+    csr64: torch.Tensor,
+    ours: SparseLinear,
+    x: torch.Tensor,
+    *,
+    ablation: bool,
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """The timed variants for one layer and input (ablation adds batch-1 alternatives)."""
+    fns: dict[str, Callable[[], torch.Tensor]] = {
+        "dense": lambda: F.linear(x, w, b),
+        # torch's own CSR as a user would write it: to_sparse_csr() (int64) + sparse.mm
+        "torch_csr": lambda: torch.sparse.mm(csr64, x.t()).t() + b,
+        "prunelab": lambda: ours(x),
+    }
+    if not ablation:
+        return fns
+    csr32 = ours.csr()
+    col64 = csr64.col_indices()
+    rows_idx = torch.repeat_interleave(torch.arange(w.shape[0]), csr64.crow_indices().diff())
+    vals = csr64.values()
+    x0 = x[0]
+
+    def gather() -> torch.Tensor:
+        prod = x.index_select(1, col64) * vals
+        return b.expand(x.shape[0], -1).clone().index_add_(1, rows_idx, prod)
+
+    fns |= {
+        "int64_addmv": lambda: torch.addmv(b, csr64, x0).unsqueeze(0),
+        "int32_mm": lambda: torch.mm(csr32, x.t()).t() + b,
+        "gather_index_add": gather,
+    }
+    return fns
+
+
+def bench_layers(
+    layers: list[tuple[str, int, int, float, float]],
+    *,
+    batches: tuple[int, ...] = (1, 64),
+    repeats: int = 20,
+    ablation: bool = True,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Time dense vs torch CSR vs prunelab on single layers; returns (rows, ablation rows)."""
+    rows: list[dict[str, Any]] = []
+    abl_rows: list[dict[str, Any]] = []
+    for li, (name, in_f, out_f, density, dc) in enumerate(layers):
+        w, b = _masked_linear_weight(in_f, out_f, density, seed + li)
+        csr64 = _to_csr(w)  # torch's default: int64 crow/col indices
+        ours = SparseLinear(w, b)
+        nnz = ours.nnz
+        dense_b = dense_weight_bytes(out_f, in_f)
+        b64 = csr_bytes(nnz, out_f, index_bytes=8)
+        b32 = csr_bytes(nnz, out_f, index_bytes=4)
+        for batch in batches:
+            x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(seed + batch))
+            do_abl = ablation and batch == 1
+            fns = _layer_fns(w, b, csr64, ours, x, ablation=do_abl)
+            with torch.inference_mode():
+                ref = F.linear(x, w, b)
+                errs = {k: float((f() - ref).abs().max()) for k, f in fns.items()}
+            t = measure_us(fns, repeats=repeats, warmup=2)
+            rows.append(
+                {
+                    "layer": name,
+                    "in": in_f,
+                    "out": out_f,
+                    "batch": batch,
+                    "density_target": density,
+                    "density": nnz / (in_f * out_f),
+                    "nnz": nnz,
+                    "dense_us": t["dense"],
+                    "torch_csr_us": t["torch_csr"],
+                    "prunelab_us": t["prunelab"],
+                    "torch_csr_speedup": t["dense"] / t["torch_csr"],
+                    "prunelab_speedup": t["dense"] / t["prunelab"],
+                    "prunelab_vs_torch_csr": t["torch_csr"] / t["prunelab"],
+                    "paper_speedup": dc if batch == 1 else None,
+                    "dense_bytes": dense_b,
+                    "csr_int64_bytes": b64,
+                    "csr_int32_bytes": b32,
+                    "traffic_bound_int64": dense_b / b64,
+                    "traffic_bound_int32": dense_b / b32,
+                    "max_abs_err_torch_csr": errs["torch_csr"],
+                    "max_abs_err_prunelab": errs["prunelab"],
+                }
+            )
+            if do_abl:
+                abl_rows.append(
+                    {
+                        "layer": name,
+                        "batch": batch,
+                        **{f"{k}_us": v for k, v in t.items()},
+                        **{f"{k}_speedup": t["dense"] / v for k, v in t.items()},
+                        "max_abs_err": errs,
+                    }
+                )
+            print(f"  {name} batch {batch}: " + ", ".join(f"{k} {v:.0f}us" for k, v in t.items()))
+        del w, csr64, ours
+    return rows, abl_rows
+
+
+def lenet_300_100(seed: int = 0) -> nn.Module:
+    """Stand-in LeNet-300-100 with random masks at 8% / 9% / 26% (Han et al. Table 2)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 300),
+        nn.ReLU(),
+        nn.Linear(300, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
+    _random_masks(net, {1: 0.08, 3: 0.09, 5: 0.26}, seed)
+    return net.eval()
+
+
+def lenet_5(seed: int = 0) -> nn.Module:
+    """Stand-in Caffe LeNet-5 with random masks at 66% / 12% / 8% / 19% (Han et al. Table 3)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 20, 5),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(800, 500),
+        nn.ReLU(),
+        nn.Linear(500, 10),
+    )
+    _random_masks(net, {0: 0.66, 2: 0.12, 5: 0.08, 7: 0.19}, seed)
+    return net.eval()
+
+
+def _random_masks(net: nn.Sequential, densities: Mapping[int, float], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for idx, d in densities.items():
+        mod = net[idx]
+        mask = (torch.rand(mod.weight.shape, generator=g) < d).float()
+        prune.custom_from_mask(mod, "weight", mask)
+
+
+def bench_models(
+    models: dict[str, nn.Module],
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    batches: tuple[int, ...] = (1, 64),
+    repeats: int = 20,
+    compile_repeats: int = 15,
+) -> list[dict[str, Any]]:
+    """Dense vs masked vs compiled-sparse whole-model timings.
+
+    Args:
+        models: name -> pruned model (``torch.nn.utils.prune`` reparametrization, e.g. a
+            loaded checkpoint); it is not modified.
+        inputs: name -> a pool of samples with a batch dim (e.g. MNIST test images); batch
+            ``b`` uses the first ``b`` samples (cycled if the pool is smaller).
+        batches: batch sizes; the sparse runtime is compiled separately for each.
+
+    Returns:
+        One dict per (model, batch) with medians, speedups and the per-layer decisions.
+    """
+    rows: list[dict[str, Any]] = []
+    for name, masked in models.items():
+        masked = masked.eval()
+        dense = make_pruning_permanent(deepcopy_pruned(masked)).eval()
+        pool = inputs[name]
+        for batch in batches:
+            idx = torch.arange(batch) % pool.shape[0]
+            x = pool[idx].contiguous()
+            t0 = time.perf_counter()
+            sm = compile_sparse(masked, x, repeats=compile_repeats)
+            compile_s = time.perf_counter() - t0
+            with torch.inference_mode():
+                ref = masked(x)
+                err = float((sm(x) - ref).abs().max())
+                err_dense = float((dense(x) - ref).abs().max())
+            t = measure_us(
+                {
+                    "dense": lambda x=x, m=dense: m(x),
+                    "masked": lambda x=x, m=masked: m(x),
+                    "sparse": lambda x=x, m=sm: m(x),
+                },
+                repeats=repeats,
+                warmup=3,
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "dense_us": t["dense"],
+                    "masked_us": t["masked"],
+                    "sparse_us": t["sparse"],
+                    "speedup_vs_dense": t["dense"] / t["sparse"],
+                    "speedup_vs_masked": t["masked"] / t["sparse"],
+                    "n_linear": len(sm.report),
+                    "n_sparse": sm.n_sparse,
+                    "fell_back": sm.fell_back,
+                    "compile_s": compile_s,
+                    "max_abs_err_vs_masked": err,
+                    "max_abs_err_dense_vs_masked": err_dense,
+                    "compiled": sm.as_dict(),
+                }
+            )
+            print(
+                f"  {name} batch {batch}: dense {t['dense']:.0f}us masked {t['masked']:.0f}us "
+                f"sparse {t['sparse']:.0f}us ({sm.n_sparse}/{len(sm.report)} sparse)"
+            )
+    return rows
+
+
+def _targets(layer_rows: list[dict[str, Any]], model_rows: list[dict[str, Any]]) -> list[dict]:
+    out: list[dict[str, Any]] = []
+    vgg = [r for r in layer_rows if r["layer"] == "VGG-16 fc6" and r["batch"] == 1]
+    if vgg:
+        s = vgg[0]["prunelab_speedup"]
+        out.append(
+            {
+                "target": "VGG-16 fc6 (4%), batch 1: prunelab >= 5x faster than dense",
+                "value": f"{s:.2f}x",
+                "met": s >= 5.0,
+            }
+        )
+    if layer_rows:
+        worst = min(layer_rows, key=lambda r: r["prunelab_vs_torch_csr"])
+        out.append(
+            {
+                "target": "prunelab at least as fast as torch's CSR (every layer, batch)",
+                "value": f"min {worst['prunelab_vs_torch_csr']:.2f}x "
+                f"({worst['layer']}, batch {worst['batch']})",
+                "met": worst["prunelab_vs_torch_csr"] >= 1.0,
+            }
+        )
+    for r in model_rows:
+        ratio = r["sparse_us"] / r["dense_us"]
+        same = r["n_sparse"] == 0  # fell back / nothing chosen: identical dense computation
+        out.append(
+            {
+                "target": f"{r['model']} batch {r['batch']}: compiled not slower than dense",
+                "value": f"{r['speedup_vs_dense']:.2f}x ({r['n_sparse']}/{r['n_linear']} "
+                f"sparse{', all-dense' if same else ''})",
+                # all-dense: same computation, any ratio != 1 is timing noise
+                "met": ratio <= 1.0 or same,
+            }
+        )
+    return out
+
+
+def _fmt(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _layer_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "layer",
+        "batch",
+        "density",
+        "dense us",
+        "torch CSR us",
+        "prunelab us",
+        "torch CSR x",
+        "prunelab x",
+        "prunelab/torch",
+        "Deep Compr. x",
+        "dense MB",
+        "CSR64 MB",
+        "CSR32 MB",
+        "bound64 x",
+        "bound32 x",
+        "max err",
+    ]
+    body = [
+        [
+            r["layer"],
+            str(r["batch"]),
+            f"{100 * r['density']:.1f}%",
+            _fmt(r["dense_us"], 0),
+            _fmt(r["torch_csr_us"], 0),
+            _fmt(r["prunelab_us"], 0),
+            _fmt(r["torch_csr_speedup"], 2),
+            _fmt(r["prunelab_speedup"], 2),
+            _fmt(r["prunelab_vs_torch_csr"], 2),
+            _fmt(r["paper_speedup"], 2) if r["batch"] == 1 else DC_BATCH64_NOTE,
+            _fmt(r["dense_bytes"] / 1e6, 1),
+            _fmt(r["csr_int64_bytes"] / 1e6, 1),
+            _fmt(r["csr_int32_bytes"] / 1e6, 1),
+            _fmt(r["traffic_bound_int64"], 2),
+            _fmt(r["traffic_bound_int32"], 2),
+            f"{r['max_abs_err_prunelab']:.1e}",
+        ]
+        for r in rows
+    ]
+    return head, body
+
+
+def _ablation_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    variants = [
+        ("torch_csr", "torch.sparse.mm int64"),
+        ("int64_addmv", "addmv int64"),
+        ("int32_mm", "mm int32"),
+        ("prunelab", "addmv int32 (prunelab)"),
+        ("gather_index_add", "gather+index_add"),
+    ]
+    head = ["layer", "dense us"] + [f"{label} x" for _, label in variants]
+    body = [
+        [r["layer"], _fmt(r["dense_us"], 0)] + [_fmt(r.get(f"{k}_speedup"), 2) for k, _ in variants]
+        for r in rows
+    ]
+    return head, body
+
+
+def _model_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "model",
+        "batch",
+        "dense us",
+        "masked us",
+        "compiled us",
+        "vs dense x",
+        "vs masked x",
+        "sparse layers",
+        "fell back",
+        "max err",
+    ]
+    body = [
+        [
+            r["model"],
+            str(r["batch"]),
+            _fmt(r["dense_us"], 1),
+            _fmt(r["masked_us"], 1),
+            _fmt(r["sparse_us"], 1),
+            _fmt(r["speedup_vs_dense"], 2),
+            _fmt(r["speedup_vs_masked"], 2),
+            f"{r['n_sparse']}/{r['n_linear']}",
+            "yes" if r["fell_back"] else "no",
+            f"{r['max_abs_err_vs_masked']:.1e}",
+        ]
+        for r in rows
+    ]
+    return head, body
+
+
+def _decision_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = ["model", "batch", "layer", "density", "dense us", "sparse us", "chosen"]
+    body = [
+        [
+            r["model"],
+            str(r["batch"]),
+            d["layer"],
+            f"{100 * d['density']:.1f}%",
+            _fmt(d["dense_us"], 1),
+            _fmt(d["sparse_us"], 1),
+            d["chosen"],
+        ]
+        for r in rows
+        for d in r["compiled"]["layers"]
+    ]
+    return head, body
+
+
+def _targets_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    return ["target", "measured", "met"], [
+        [r["target"], r["value"], "yes" if r["met"] else "NO"] for r in rows
+    ]
+
+
+def _rich(console: Console, title: str, head: list[str], body: list[list[str]]) -> None:
+    table = Table(title=title, show_lines=False)
+    for i, h in enumerate(head):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _md(title: str, head: list[str], body: list[list[str]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "loadavg_at_start": load,  # other work on the shared machine skews timings
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "mkl": torch.backends.mkl.is_available(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; see the module docstring."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=None, help="timed samples per variant")
+    ap.add_argument("--json", type=Path, default=None, help="write all results as JSON")
+    ap.add_argument("--md", type=Path, default=None, help="write the tables as Markdown")
+    ap.add_argument("--quick", action="store_true", help="3 layers, few repeats, no ablation")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    ap.add_argument("--seed", type=int, default=0)
+    # TODO(lead): --model-file PATH: load trained pruned checkpoints (LeNet-300-100, LeNet-5)
+    # instead of the random-mask stand-ins below, and MNIST test images as inputs; pass them to
+    # bench_models(models, inputs) unchanged.
+    args = ap.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (5 if args.quick else 20)
+    layers = [ly for ly in PAPER_LAYERS if not args.quick or ly[0] in QUICK_LAYERS]
+    console = Console(width=220)
+    machine = _machine()
+    command = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
+    console.print(f"torch {machine['torch']}, threads {machine['torch_threads']}, {machine['cpu']}")
+
+    t0 = time.perf_counter()
+    console.print("[bold]Single layers[/bold]")
+    layer_rows, abl_rows = bench_layers(
+        layers, repeats=repeats, ablation=not args.quick, seed=args.seed
+    )
+    console.print("[bold]Whole models (random-mask stand-ins)[/bold]")
+    models = {"LeNet-300-100": lenet_300_100(args.seed), "LeNet-5": lenet_5(args.seed)}
+    g = torch.Generator().manual_seed(args.seed)
+    pool = torch.rand(64, 1, 28, 28, generator=g)
+    model_rows = bench_models(
+        models, dict.fromkeys(models, pool), repeats=repeats, compile_repeats=max(5, repeats)
+    )
+    targets = _targets(layer_rows, model_rows)
+    elapsed = time.perf_counter() - t0
+
+    tables = [
+        ("Single FC layers: dense vs torch CSR vs prunelab", _layer_table(layer_rows)),
+        ("Batch-1 ablation (speedup vs dense)", _ablation_table(abl_rows)),
+        ("Whole models", _model_table(model_rows)),
+        ("compile_sparse decisions", _decision_table(model_rows)),
+        ("Targets", _targets_table(targets)),
+    ]
+    for title, (head, body) in tables:
+        if body:
+            _rich(console, title, head, body)
+    console.print(f"total {elapsed:.0f} s")
+
+    result = {
+        "command": command,
+        "machine": machine,
+        "repeats": repeats,
+        "seed": args.seed,
+        "elapsed_s": elapsed,
+        "timing": "interleaved repeats, median per call (prunelab.sparse.measure_us)",
+        "layers": layer_rows,
+        "ablation_batch1": abl_rows,
+        "models": model_rows,
+        "targets": targets,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        header = (
+            "# Sparse inference benchmark\n\n"
+            f"Command: `{command}`\n\n"
+            f"Machine: {machine['cpu']}, {machine['cpu_count']} CPU cores, torch "
+            f"{machine['torch']} (MKL {machine['mkl']}), {machine['torch_threads']} torch "
+            f"threads, Python {machine['python']}. Load average at start "
+            f"{machine['loadavg_at_start']}. Repeats: {repeats} interleaved, medians. "
+            f"Total {elapsed:.0f} s.\n\n"
+            "Speedups are dense time / variant time in the same run. `bound` = dense weight "
+            "bytes / CSR bytes (values + col indices + row pointers): the speedup a purely "
+            "memory-bound batch-1 GEMV could reach. Models are random-mask stand-ins.\n\n"
+        )
+        args.md.write_text(header + "\n".join(_md(t, h, b) for t, (h, b) in tables if b))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

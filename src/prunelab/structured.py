@@ -1,0 +1,664 @@
+"""Structured pruning criteria: which whole filters / channels / neurons to drop.
+
+Three criteria studied by Liu et al. 2019 ("Rethinking the Value of Network Pruning"):
+
+* :func:`l1_filter_keep`: L1-norm filter pruning (Li et al. 2017): per layer, drop the
+  fraction ``ratio`` of filters with the smallest ``sum |w|``.
+* :func:`slimming_keep` and :func:`slimming_penalty`: Network Slimming (Liu et al. 2017): an
+  L1 penalty on BatchNorm scale factors during training, then one global threshold on
+  ``|gamma|`` over all selected layers, with a per-layer floor.
+* :func:`thinet_keep`: ThiNet (Luo et al. 2017): greedily drop the input channels of the
+  *next* layer whose summed contribution to its output is smallest.
+
+Each criterion returns a keep-mask per layer, ``{layer: BoolTensor[out_units]}``, and changes
+nothing (except ThiNet's optional rescaling). :func:`apply_channel_masks` then masks the
+removed units everywhere they live (filter rows and bias, BatchNorm scale and shift, the
+consumer's input columns) through :func:`prunelab.masks.set_mask`, so they stay zero during
+fine-tuning and the masked model computes exactly what the physically smaller model from
+:func:`prunelab.surgery.compact_model` computes.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from prunelab.structure import trace_structure
+    >>> from prunelab.surgery import compact_model
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+    ...                   nn.Conv2d(8, 4, 3)).eval()
+    >>> x = torch.randn(2, 1, 8, 8)
+    >>> s = trace_structure(m, x)
+    >>> keep = l1_filter_keep(m, 0.5, layers="0")
+    >>> _ = apply_channel_masks(m, keep, s)
+    >>> small, report = compact_model(m, x, structure=s, keep=keep)
+    >>> small[0].out_channels, small[1].num_features, small[3].in_channels
+    (4, 4, 4)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .criteria import layer_seed
+from .masks import effective_tensor, get_mask, is_masked, set_mask
+from .selection import CONV_TYPES, LINEAR_TYPES, LayerValue, per_layer_values, select_layers
+from .structure import BATCHNORM_TYPES, Link, Structure
+from .surgery import SurgeryError, following_batchnorms, surgery_blocker
+
+__all__ = [
+    "ChannelMaskResult",
+    "apply_channel_masks",
+    "l1_filter_keep",
+    "slimming_keep",
+    "slimming_penalty",
+    "thinet_keep",
+    "thinet_select",
+]
+
+
+def _units(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, LINEAR_TYPES) else m.out_channels
+
+
+def _drop_count(units: int, ratio: float) -> int:
+    """``round(ratio * units)`` units dropped, but never all of them."""
+    return min(round(ratio * units), units - 1)
+
+
+def _check_number(value: object, what: str, low: float, high: float, high_ok: bool) -> float:
+    bad = isinstance(value, bool) or not isinstance(value, int | float)
+    v = math.nan if bad else float(value)
+    upper = v <= high if high_ok else v < high
+    if bad or math.isnan(v) or not (v >= low and upper):
+        raise ValueError(
+            f"{what}={value!r} is out of range; allowed: [{low}, {high}{']' if high_ok else ')'}"
+        )
+    return v
+
+
+def _ratios(
+    model: nn.Module,
+    ratio: LayerValue,
+    layers: str | Sequence[str] | None,
+    exclude: str | Sequence[str] | None,
+    default: Sequence[str],
+) -> dict[str, float]:
+    """Resolve layer patterns (``default`` names when ``layers`` is None) and per-layer ratios."""
+    if layers is None:
+        excl = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        names = [n for n in default if not any(fnmatch.fnmatchcase(n, p) for p in excl)]
+        if excl:
+            select_layers(model, None, exclude=excl)  # validates the exclude patterns
+    else:
+        names = list(select_layers(model, layers, exclude=exclude))
+    if not names:
+        raise ValueError("no layer selected; check the layers/exclude patterns")
+    return per_layer_values(ratio, names, what="ratio", low=0.0, high=1.0, high_inclusive=False)
+
+
+# ----------------------------------------------------------------------------- L1-norm filters
+
+
+def l1_filter_keep(
+    model: nn.Module,
+    ratio: LayerValue,
+    *,
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """L1-norm filter pruning (Li et al. 2017): drop each layer's weakest filters.
+
+    For each selected layer, the ``round(ratio * filters)`` filters (output channels) with the
+    smallest L1 norm ``sum |w|`` over ``in x kh x kw`` are dropped (at least one filter stays);
+    ties go to the lower index. Norms are taken over the effective (masked) weights.
+
+    Args:
+        model: the network (not changed).
+        ratio: fraction of filters to drop, one number or ``{pattern: ratio}``; in ``[0, 1)``.
+        layers: glob pattern(s) of layers; every conv layer when ``None`` (a Linear layer
+            selected explicitly is treated the same way, a neuron's weights being its filter).
+        exclude: glob pattern(s) to leave out.
+
+    Returns:
+        ``{layer: BoolTensor[out_units]}``, True for the filters kept.
+
+    Raises:
+        ValueError: a ratio out of range, or a pattern that matches no layer.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> conv = nn.Conv2d(1, 3, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = conv.weight.copy_(torch.tensor([3.0, -1.0, 2.0]).view(3, 1, 1, 1))
+        >>> l1_filter_keep(nn.Sequential(conv), 0.34)["0"].tolist()
+        [True, False, True]
+    """
+    convs = [n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)]
+    ratios = _ratios(model, ratio, layers, exclude, convs)
+    mods = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    for name, r in ratios.items():
+        w = effective_tensor(mods[name]).detach()
+        norms = w.reshape(w.shape[0], -1).abs().double().sum(dim=1).cpu()
+        order = torch.sort(norms, stable=True).indices
+        keep = torch.ones(w.shape[0], dtype=torch.bool)
+        keep[order[: _drop_count(w.shape[0], r)]] = False
+        out[name] = keep
+    return out
+
+
+# ----------------------------------------------------------------------------- Network Slimming
+
+
+def _batchnorms(model: nn.Module, patterns: str | Sequence[str] | None) -> dict[str, nn.Module]:
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, BATCHNORM_TYPES) and m.affine}
+    if patterns is None:
+        return bns
+    chosen: dict[str, nn.Module] = {}
+    for pat in [patterns] if isinstance(patterns, str) else list(patterns):
+        hits = [n for n in bns if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise ValueError(
+                f"pattern {pat!r} matches no affine BatchNorm module; they are: {', '.join(bns)}"
+            )
+        chosen.update({n: bns[n] for n in hits})
+    return {n: m for n, m in bns.items() if n in chosen}
+
+
+def slimming_penalty(
+    model: nn.Module, strength: float, *, layers: str | Sequence[str] | None = None
+) -> int:
+    """Add the Network Slimming sub-gradient ``strength * sign(gamma)`` to BatchNorm scales.
+
+    Call it after ``loss.backward()`` and before ``optimizer.step()``: it is the gradient of
+    ``strength * sum |gamma|`` (an L1 penalty on the BatchNorm scale factors, Liu et al.
+    2017, who use ``strength`` = 1e-4 to 1e-5). A masked scale (``weight_orig`` zero) gets
+    no push (``sign(0) = 0``).
+
+    Args:
+        model: the network.
+        strength: the L1 coefficient, ``>= 0``.
+        layers: glob pattern(s) over BatchNorm module names; every affine BatchNorm if None.
+
+    Returns:
+        The number of BatchNorm modules whose gradient was changed.
+
+    Raises:
+        ValueError: ``strength`` out of range, or a pattern matching no BatchNorm.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> bn = nn.BatchNorm1d(2)
+        >>> with torch.no_grad():
+        ...     _ = bn.weight.copy_(torch.tensor([0.5, -2.0]))
+        >>> slimming_penalty(bn, 1e-2), bn.weight.grad.tolist()
+        (1, [0.009999999776482582, -0.009999999776482582])
+    """
+    s = _check_number(strength, "strength", 0.0, math.inf, False)
+    count = 0
+    for _, bn in _batchnorms(model, layers).items():
+        p = bn._parameters["weight_orig"] if is_masked(bn, "weight") else bn.weight
+        push = s * torch.sign(p.detach())
+        if p.grad is None:
+            p.grad = push.clone()
+        else:
+            p.grad.add_(push)
+        count += 1
+    return count
+
+
+def slimming_keep(
+    model: nn.Module,
+    ratio: float,
+    structure: Structure,
+    *,
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    min_channels: int = 1,
+    min_fraction: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Network Slimming channel selection: one global threshold on BatchNorm ``|gamma|``.
+
+    All channels of the selected layers (Linear/Conv layers followed by a BatchNorm) are
+    ranked by the ``|gamma|`` of their BatchNorm; the ``round(ratio * total)`` smallest are
+    dropped (ties: earlier layer, then lower index), except that every layer keeps at least
+    ``max(min_channels, ceil(min_fraction * channels))`` channels: where a layer reaches its
+    floor, the next-smallest channels of the other layers are dropped instead, so the total
+    dropped is exact.
+
+    Args:
+        model: the network, trained with :func:`slimming_penalty` (not changed).
+        ratio: global fraction of the selected channels to drop, in ``[0, 1)``.
+        structure: from :func:`prunelab.structure.trace_structure` (finds each BatchNorm).
+        layers: glob pattern(s) over Linear/Conv layer names; all layers followed by a
+            BatchNorm when ``None``.
+        exclude: glob pattern(s) to leave out.
+        min_channels: per-layer floor, ``>= 1``.
+        min_fraction: per-layer floor as a fraction of the layer's channels, in ``[0, 1]``.
+
+    Returns:
+        ``{layer: BoolTensor[out_units]}``, keyed by the Linear/Conv layer (not the BatchNorm).
+
+    Raises:
+        ValueError: a value out of range, a selected layer without BatchNorm, or floors that
+            make ``ratio`` unreachable (the message gives the largest reachable ratio).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from prunelab.structure import trace_structure
+        >>> m = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+        >>> with torch.no_grad():
+        ...     _ = m[1].weight.copy_(torch.tensor([0.1, 2.0, 0.05, 1.0]))
+        >>> slimming_keep(m, 0.5, trace_structure(m, torch.zeros(2, 2)))["0"].tolist()
+        [False, True, False, True]
+    """
+    if isinstance(ratio, Mapping):
+        raise ValueError(
+            "Network Slimming uses one global ratio over all selected layers; "
+            f"got a mapping {dict(ratio)!r}"
+        )
+    r = _check_number(ratio, "ratio", 0.0, 1.0, False)
+    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+        raise ValueError(f"min_channels={min_channels!r} is out of range; allowed: integer >= 1")
+    frac = _check_number(min_fraction, "min_fraction", 0.0, 1.0, True)
+    mods = dict(model.named_modules())
+    with_bn = {
+        n: following_batchnorms(model, structure, n) for n in dict.fromkeys(structure.layers)
+    }
+    if layers is None:
+        default = [n for n, b in with_bn.items() if b]
+        if not default:
+            raise ValueError("no Linear/Conv layer of the model is followed by a BatchNorm")
+        names = list(_ratios(model, r, None, exclude, default))
+    else:
+        names = list(select_layers(model, layers, exclude=exclude))
+        for n in names:
+            if not with_bn.get(n):
+                raise ValueError(
+                    f"layer {n!r} is not followed by a BatchNorm with {_units(mods[n])} "
+                    "features; Network Slimming ranks channels by BatchNorm scale factors"
+                )
+    if not names:
+        raise ValueError("no layer selected; check the layers/exclude patterns")
+    gammas, floors = [], []
+    for n in names:
+        bn = mods[with_bn[n][0]]
+        g = effective_tensor(bn, "weight").detach().abs().double().cpu()
+        gammas.append(g)
+        floors.append(min(g.numel(), max(min_channels, math.ceil(frac * g.numel()))))
+    total = sum(g.numel() for g in gammas)
+    k = round(r * total)
+    capacity = sum(g.numel() - f for g, f in zip(gammas, floors, strict=True))
+    if k > capacity:
+        raise ValueError(
+            f"ratio={ratio!r} drops {k} of {total} channels, but the per-layer floors "
+            f"(min_channels={min_channels}, min_fraction={min_fraction}) keep at least "
+            f"{total - capacity}; allowed: ratio <= {capacity / total:.4f}"
+        )
+    flat = torch.cat(gammas)
+    owner = torch.cat([torch.full((g.numel(),), i) for i, g in enumerate(gammas)])
+    offset = torch.cat([torch.arange(g.numel()) for g in gammas])
+    keep = [torch.ones(g.numel(), dtype=torch.bool) for g in gammas]
+    left = [g.numel() for g in gammas]
+    dropped = 0
+    for pos in torch.sort(flat, stable=True).indices.tolist():
+        if dropped == k:
+            break
+        i = int(owner[pos])
+        if left[i] > floors[i]:
+            keep[i][int(offset[pos])] = False
+            left[i] -= 1
+            dropped += 1
+    return dict(zip(names, keep, strict=True))
+
+
+# ----------------------------------------------------------------------------- ThiNet
+
+
+def thinet_select(contributions: torch.Tensor, n_remove: int) -> list[int]:
+    """ThiNet's greedy channel selection (Luo et al. 2017, Algorithm 1).
+
+    ``contributions[i, c]`` is what input channel ``c`` adds to sampled output value ``i``
+    of the next layer. Channels are removed one at a time, each time the one that keeps
+    ``sum_i (sum_{c in removed} contributions[i, c])^2`` smallest (ties: lower index).
+
+    Args:
+        contributions: ``[samples, channels]`` tensor.
+        n_remove: how many channels to remove, in ``[0, channels]``.
+
+    Returns:
+        The removed channel indices, in the order chosen.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, -0.5, 0.6], [1.0, -0.5, 0.4]])
+        >>> thinet_select(x, 2)  # the smallest first, then the one that cancels it best
+        [1, 2]
+    """
+    if contributions.dim() != 2:
+        raise ValueError(f"contributions must be [samples, channels], got {contributions.dim()}-D")
+    channels = contributions.shape[1]
+    if isinstance(n_remove, bool) or not isinstance(n_remove, int) or not 0 <= n_remove <= channels:
+        raise ValueError(f"n_remove={n_remove!r} is out of range; allowed: 0..{channels}")
+    x = contributions.detach().double()
+    sq = (x * x).sum(dim=0)
+    s = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    free = torch.ones(channels, dtype=torch.bool, device=x.device)
+    removed: list[int] = []
+    for _ in range(n_remove):
+        # ||s + x_c||^2 - ||s||^2 for every candidate c
+        cost = 2.0 * (s @ x) + sq
+        cost[~free] = math.inf
+        c = int(torch.argmin(cost))
+        removed.append(c)
+        free[c] = False
+        s += x[:, c]
+    return removed
+
+
+def _contributions(
+    consumer: nn.Module, link: Link, inputs: torch.Tensor, samples: int, gen: torch.Generator
+) -> torch.Tensor:
+    """``[samples, units]``: each producer unit's share of randomly sampled consumer outputs."""
+    w = effective_tensor(consumer).detach()
+    units = w.shape[1] // link.block if isinstance(consumer, LINEAR_TYPES) else w.shape[1]
+    if isinstance(consumer, LINEAR_TYPES):
+        x = inputs.reshape(-1, inputs.shape[-1])
+        n = torch.randint(x.shape[0], (samples,), generator=gen)
+        f = torch.randint(w.shape[0], (samples,), generator=gen)
+        xs = x[n.to(x.device)].reshape(samples, units, -1)
+        ws = w[f.to(w.device)].reshape(samples, units, -1)
+        return (xs.double() * ws.double()).sum(dim=2)
+    if not isinstance(consumer, nn.Conv1d | nn.Conv2d):
+        raise ValueError(
+            f"ThiNet supports Linear, Conv1d and Conv2d consumers, not {type(consumer).__name__}"
+        )
+    x, kernel = inputs, consumer.kernel_size
+    stride, dilation = consumer.stride, consumer.dilation
+    if isinstance(consumer, nn.Conv1d):  # as a 2-D convolution of height 1
+        x = x.unsqueeze(2)
+        kernel, stride, dilation = (1, *kernel), (1, *stride), (1, *dilation)
+    pad = consumer._reversed_padding_repeated_twice
+    if any(pad):
+        mode = "constant" if consumer.padding_mode == "zeros" else consumer.padding_mode
+        x = F.pad(x, list(pad) + [0, 0] * (x.dim() - 2 - len(pad) // 2), mode=mode)
+    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)  # [N, units*K, L]
+    n = torch.randint(cols.shape[0], (samples,), generator=gen).to(cols.device)
+    f = torch.randint(w.shape[0], (samples,), generator=gen).to(w.device)
+    pos = torch.randint(cols.shape[2], (samples,), generator=gen).to(cols.device)
+    patches = cols[n, :, pos].reshape(samples, units, -1)
+    return (patches.double() * w[f].reshape(samples, units, -1).double()).sum(dim=2)
+
+
+def _consumer_inputs(
+    model: nn.Module, consumers: Sequence[str], x: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    mods = dict(model.named_modules())
+    box: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def _h(mod: nn.Module, inp: tuple) -> None:
+            box.setdefault(name, inp[0].detach())
+
+        return _h
+
+    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in dict.fromkeys(consumers)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return box
+
+
+def _scale_columns(consumer: nn.Module, units: int, scale: torch.Tensor) -> None:
+    raw = consumer._parameters["weight_orig"] if is_masked(consumer) else consumer.weight
+    with torch.no_grad():
+        s = scale.to(raw.dtype).to(raw.device).view(1, units, 1)
+        raw.copy_((raw.reshape(raw.shape[0], units, -1) * s).reshape(raw.shape))
+    if is_masked(consumer):
+        set_mask(consumer, "weight", get_mask(consumer))  # refresh the cached weight
+
+
+def thinet_keep(
+    model: nn.Module,
+    ratio: LayerValue,
+    example_input: torch.Tensor,
+    structure: Structure,
+    *,
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    samples: int = 2048,
+    seed: int = 0,
+    rescale: bool = False,
+) -> dict[str, torch.Tensor]:
+    """ThiNet (Luo et al. 2017): drop the channels the next layer misses least.
+
+    For each selected layer ``L`` and its consumer ``C``: ``C``'s input is collected on
+    ``example_input`` (eval mode, one forward pass of the model as it is now, for all layers);
+    ``samples`` random outputs of ``C`` (image, filter, position) are split into the
+    contributions of ``L``'s channels (bias left out: it does not depend on the choice), and
+    :func:`thinet_select` greedily picks the ``round(ratio * channels)`` channels whose summed
+    contribution has the smallest squared norm.
+
+    Args:
+        model: the network.
+        ratio: fraction of channels to drop, one number or ``{pattern: ratio}``, in ``[0, 1)``.
+        example_input: a batch of real inputs (keep it modest: the consumer input is unfolded).
+        structure: from :func:`prunelab.structure.trace_structure`.
+        layers: glob pattern(s); every linked producer (a layer with a consumer) when None.
+        exclude: glob pattern(s) to leave out.
+        samples: sampled outputs per layer.
+        seed: sampling seed (each layer draws from its own seeded stream).
+        rescale: also fit ``C``'s kept input channels by least squares, ``min_w ||y - X w||``
+            over the samples, and scale ``C``'s weights by ``w`` (changes the model; ThiNet's
+            optional last step).
+
+    Returns:
+        ``{layer: BoolTensor[out_units]}``, True for the channels kept.
+
+    Raises:
+        ValueError: a ratio out of range, a bad pattern, ``samples < 1``, or a selected
+            layer without consumer (the message says why).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from prunelab.structure import trace_structure
+        >>> m = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> with torch.no_grad():
+        ...     _ = m[0].weight.copy_(torch.eye(3))
+        ...     _ = m[0].bias.zero_()
+        ...     _ = m[2].weight.copy_(torch.tensor([[1.0, 1e-3, 1.0]]))
+        >>> x = torch.rand(64, 3) + 0.1
+        >>> thinet_keep(m, 0.34, x, trace_structure(m, x))["0"].tolist()
+        [True, False, True]
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples={samples!r} is out of range; allowed: integer >= 1")
+    linked = [lk.producer for lk in structure.links]
+    if layers is not None:
+        for n in select_layers(model, layers, exclude=exclude):
+            reason = surgery_blocker(model, structure, n)
+            if n not in linked:
+                raise ValueError(
+                    f"ThiNet needs the layer that consumes the channels of {n!r}, but "
+                    f"{reason or 'it has none'}"
+                )
+    ratios = _ratios(model, ratio, layers, exclude, linked)
+    link_of = {lk.producer: lk for lk in structure.links}
+    mods = dict(model.named_modules())
+    inputs = _consumer_inputs(model, [link_of[n].consumer for n in ratios], example_input)
+    out: dict[str, torch.Tensor] = {}
+    for name, r in ratios.items():
+        lk = link_of[name]
+        consumer = mods[lk.consumer]
+        units = _units(mods[name])
+        gen = torch.Generator().manual_seed(layer_seed(seed, name))
+        contrib = _contributions(consumer, lk, inputs[lk.consumer], samples, gen)
+        removed = thinet_select(contrib, _drop_count(units, r))
+        keep = torch.ones(units, dtype=torch.bool)
+        keep[removed] = False
+        out[name] = keep
+        if rescale and removed:
+            y = contrib.sum(dim=1, keepdim=True)
+            w = torch.linalg.lstsq(contrib[:, keep.to(contrib.device)], y).solution.flatten()
+            scale = torch.ones(units, dtype=torch.float64)
+            scale[keep] = w.cpu()
+            _scale_columns(consumer, units, scale)
+    return out
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+@dataclass(frozen=True)
+class ChannelMaskResult:
+    """What :func:`apply_channel_masks` did to one layer.
+
+    Attributes:
+        layer: the Linear/Conv layer whose output units were masked.
+        units: its number of output units.
+        removed: indices of the masked units.
+        consumer: the layer whose input columns were masked too (``None``: not linked).
+        batchnorms: BatchNorm modules whose scale and shift were masked.
+        surgery_blocker: why :func:`prunelab.surgery.compact_model` cannot remove these
+            units physically (``None``: it can); masking works either way.
+    """
+
+    layer: str
+    units: int
+    removed: tuple[int, ...]
+    consumer: str | None
+    batchnorms: tuple[str, ...]
+    surgery_blocker: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "layer": self.layer,
+            "units": self.units,
+            "removed": list(self.removed),
+            "consumer": self.consumer,
+            "batchnorms": list(self.batchnorms),
+            "surgery_blocker": self.surgery_blocker,
+        }
+
+
+def _mask_rows(module: nn.Module, name: str, idx: torch.Tensor) -> None:
+    raw = module._parameters[f"{name}_orig"] if is_masked(module, name) else getattr(module, name)
+    if raw is None:
+        return
+    old = get_mask(module, name)
+    mask = old.clone() if old is not None else torch.ones_like(raw)
+    mask[idx.to(mask.device)] = 0
+    set_mask(module, name, mask)
+
+
+def apply_channel_masks(
+    model: nn.Module,
+    keep: Mapping[str, torch.Tensor],
+    structure: Structure,
+    *,
+    require_surgery: bool = False,
+) -> list[ChannelMaskResult]:
+    """Mask whole units: filter rows and bias, BatchNorm scale and shift, consumer columns.
+
+    Everything goes through :func:`prunelab.masks.set_mask` (monotone), so the removed units
+    stay exactly zero during fine-tuning (the optimizer state of masked entries must be
+    cleared with :func:`prunelab.masks.sync_optimizer` if the optimizer already has state).
+    For a linked layer the masked model then equals the one
+    :func:`prunelab.surgery.compact_model` builds. A layer the surgery cannot handle (no
+    consumer, residual join, grouped convolution) is masked only: its rows, bias and the
+    BatchNorm right after it.
+
+    Args:
+        model: the network (modified in place).
+        keep: ``{layer: BoolTensor[out_units]}`` from a criterion; False = remove.
+        structure: from :func:`prunelab.structure.trace_structure`.
+        require_surgery: raise instead of masking when a layer cannot be removed physically.
+
+    Returns:
+        One :class:`ChannelMaskResult` per layer of ``keep``.
+
+    Raises:
+        ValueError: unknown layer, wrong mask shape, or a mask removing every unit.
+        SurgeryError: ``require_surgery`` and a layer the surgery cannot handle (the message
+            names the layer and why).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from prunelab.structure import trace_structure
+        >>> m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> s = trace_structure(m, torch.zeros(1, 2))
+        >>> r = apply_channel_masks(m, {"0": torch.tensor([True, False, True])}, s)
+        >>> m[2].weight_mask.tolist(), r[0].consumer
+        ([[1.0, 0.0, 1.0]], '2')
+    """
+    mods = dict(model.named_modules())
+    checked: list[tuple[str, torch.Tensor, str | None]] = []
+    for name, mask in keep.items():
+        m = mods.get(name)
+        if m is None or not isinstance(m, LINEAR_TYPES + CONV_TYPES):
+            raise ValueError(
+                f"keep names {name!r}, which is not a Linear/Conv layer of the model; layers "
+                f"are: {', '.join(dict.fromkeys(structure.layers))}"
+            )
+        mask = torch.as_tensor(mask)
+        if tuple(mask.shape) != (_units(m),):
+            raise ValueError(
+                f"keep mask of {name!r} has shape {tuple(mask.shape)}; expected ({_units(m)},)"
+            )
+        mask = mask.bool().cpu()
+        if not bool(mask.any()):
+            raise ValueError(f"keep mask of {name!r} removes every unit; keep at least one")
+        blocker = surgery_blocker(model, structure, name)
+        if blocker is not None and require_surgery and not bool(mask.all()):
+            raise SurgeryError(f"cannot physically remove units of layer {name!r}: {blocker}")
+        checked.append((name, mask, blocker))
+    results = []
+    for name, mask, blocker in checked:
+        idx = torch.nonzero(~mask).flatten()
+        links = structure.consumers_of(name)
+        link = links[0] if links else None
+        bns = following_batchnorms(model, structure, name)
+        if idx.numel():
+            p = mods[name]
+            _mask_rows(p, "weight", idx)
+            _mask_rows(p, "bias", idx)
+            for b in bns:
+                _mask_rows(mods[b], "weight", idx)
+                _mask_rows(mods[b], "bias", idx)
+            if link is not None:
+                c = mods[link.consumer]
+                old = get_mask(c)
+                cmask = old.clone() if old is not None else torch.ones_like(effective_tensor(c))
+                cmask.view(cmask.shape[0], _units(p), -1)[:, idx.to(cmask.device)] = 0
+                set_mask(c, "weight", cmask)
+        results.append(
+            ChannelMaskResult(
+                layer=name,
+                units=mask.numel(),
+                removed=tuple(int(j) for j in idx),
+                consumer=link.consumer if link is not None else None,
+                batchnorms=bns,
+                surgery_blocker=blocker,
+            )
+        )
+    return results
