@@ -14,7 +14,13 @@ from prunelab.masks import get_mask, is_masked, set_mask
 from prunelab.metrics import count_parameters, model_stats
 from prunelab.models import LeNet5, LeNet300
 from prunelab.pruner import prune_model
-from prunelab.structure import find_dead_neurons, prune_dead_neurons, trace_structure
+from prunelab.structure import (
+    Link,
+    Structure,
+    find_dead_neurons,
+    prune_dead_neurons,
+    trace_structure,
+)
 from prunelab.surgery import SurgeryError, compact_model, surgery_blocker
 
 ATOL = 1e-5
@@ -339,6 +345,24 @@ def test_unsupported_layers_are_kept_and_requests_name_them():
     with pytest.raises(SurgeryError, match=r"'fc2'.*model's outputs"):
         compact_model(m, x, structure=s, keep={"fc2": torch.tensor([True, True, False])})
     assert surgery_blocker(m, s, "pool") == "it is a AdaptiveAvgPool2d, not a Linear/Conv layer"
+
+
+def test_hand_made_links_are_guarded():
+    torch.manual_seed(0)
+    m = _Residual().eval()
+    x = torch.randn(2, 2, 5, 5)
+    cmask = torch.ones_like(m.conv2.weight)
+    cmask[:, 0] = 0  # conv2 ignores conv1's channel 0, but the residual add still uses it
+    set_mask(m.conv2, "weight", cmask)
+    s = trace_structure(m, x)
+    hidden = Structure(s.order, s.layers, (Link("conv1", "conv2"), *s.links))
+    with pytest.raises(SurgeryError, match="not a chain"):
+        compact_model(m, x, structure=hidden)
+    branching = Structure(s.order, s.layers, (Link("conv1", "conv2"), Link("conv1", "conv3")))
+    with pytest.raises(SurgeryError, match=r"'conv1'.*feeds 2 layers \(conv2, conv3\)"):
+        compact_model(m, x, structure=branching, keep={"conv1": torch.tensor([0, 1, 1, 1]) > 0})
+    small, report = compact_model(m, x, structure=branching)  # unsafe links are not used
+    assert small.conv1.out_channels == 4 and report.units_removed == 0
 
 
 def test_request_for_live_units_or_bad_masks_is_refused():

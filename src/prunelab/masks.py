@@ -25,7 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ __all__ = [
     "load_pruned_state_dict",
     "make_permanent",
     "mask_state",
+    "masked_training",
     "set_mask",
     "sparsity",
     "sync_optimizer",
@@ -270,6 +272,78 @@ def sync_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
                         value.mul_(mask.to(value.dtype))
                         count += 1
     return count
+
+
+class _ViewHook:
+    """Training-time stand-in for the prune pre-hook: ``<name>`` is a view of ``<name>_orig``.
+
+    Valid only while pruned entries of ``<name>_orig`` are exactly zero, which
+    :func:`masked_training` guarantees by re-applying the masks in place after every
+    optimizer step. It saves the ``orig * mask`` product and its backward node per layer
+    and batch.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, module: nn.Module, inputs: object) -> None:
+        orig = module._parameters[f"{self.name}_orig"]
+        setattr(module, self.name, orig.view_as(orig))
+
+
+@contextmanager
+def masked_training(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> Iterator[Callable[[], None]]:
+    """Fast exact masking for a training loop; yields ``after_step()`` to call after each step.
+
+    Inside the block the forward pass uses ``<name>_orig`` directly (a view, no product) and
+    ``after_step()`` multiplies every ``<name>_orig`` by its mask in place, so the weights
+    every forward pass sees are exactly ``orig * mask``, as with ``torch.nn.utils.prune``'s
+    hook. On exit the original hooks are restored, the masks re-applied and the optimizer's
+    state of pruned entries zeroed (:func:`sync_optimizer`).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> layer = nn.Linear(3, 2)
+        >>> _ = set_mask(layer, "weight", torch.tensor([[1., 0., 1.], [0., 1., 0.]]))
+        >>> opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+        >>> with masked_training(layer, opt) as after_step:
+        ...     layer(torch.ones(4, 3)).sum().backward()
+        ...     opt.step()
+        ...     after_step()
+        >>> bool(layer.weight_orig[0, 1] == 0) and bool(layer.weight[0, 1] == 0)
+        True
+    """
+    swapped: list[tuple[nn.Module, object, object]] = []
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    enforce_masks(model)
+    for _, module, name, mask in iter_masks(model):
+        for key, hook in module._forward_pre_hooks.items():
+            if isinstance(hook, torch_prune.BasePruningMethod) and getattr(
+                hook, "_tensor_name", None
+            ) == name and not isinstance(hook, torch_prune.PruningContainer):
+                module._forward_pre_hooks[key] = _ViewHook(name)
+                swapped.append((module, key, hook))
+                pairs.append((module._parameters[f"{name}_orig"], mask))
+                break
+
+    def after_step() -> None:
+        with torch.no_grad():
+            for orig, mask in pairs:
+                orig.mul_(mask)
+
+    try:
+        yield after_step
+    finally:
+        for module, key, hook in swapped:
+            module._forward_pre_hooks[key] = hook
+        enforce_masks(model)
+        for _, module, name, _ in iter_masks(model):
+            _refresh(module, name)
+        if optimizer is not None:
+            sync_optimizer(optimizer, model)
 
 
 def sparsity(module: nn.Module, name: str = "weight") -> float:

@@ -51,7 +51,7 @@ from .criteria import layer_seed
 from .masks import effective_tensor, get_mask, is_masked, set_mask
 from .selection import CONV_TYPES, LINEAR_TYPES, LayerValue, per_layer_values, select_layers
 from .structure import BATCHNORM_TYPES, Link, Structure
-from .surgery import SurgeryError, following_batchnorms, surgery_blocker
+from .surgery import SurgeryError, following_batchnorms, surgery_blocker, surgery_links
 
 __all__ = [
     "ChannelMaskResult",
@@ -491,17 +491,16 @@ def thinet_keep(
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples!r} is out of range; allowed: integer >= 1")
-    linked = [lk.producer for lk in structure.links]
+    linked = [lk.producer for lk in surgery_links(structure)]
     if layers is not None:
         for n in select_layers(model, layers, exclude=exclude):
-            reason = surgery_blocker(model, structure, n)
             if n not in linked:
+                reason = surgery_blocker(model, structure, n) or "it has none"
                 raise ValueError(
-                    f"ThiNet needs the layer that consumes the channels of {n!r}, but "
-                    f"{reason or 'it has none'}"
+                    f"ThiNet needs the layer that consumes the channels of {n!r}, but {reason}"
                 )
     ratios = _ratios(model, ratio, layers, exclude, linked)
-    link_of = {lk.producer: lk for lk in structure.links}
+    link_of = {lk.producer: lk for lk in surgery_links(structure)}
     mods = dict(model.named_modules())
     inputs = _consumer_inputs(model, [link_of[n].consumer for n in ratios], example_input)
     out: dict[str, torch.Tensor] = {}
@@ -635,8 +634,7 @@ def apply_channel_masks(
     results = []
     for name, mask, blocker in checked:
         idx = torch.nonzero(~mask).flatten()
-        links = structure.consumers_of(name)
-        link = links[0] if links else None
+        link = next((lk for lk in surgery_links(structure) if lk.producer == name), None)
         bns = following_batchnorms(model, structure, name)
         if idx.numel():
             p = mods[name]

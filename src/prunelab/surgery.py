@@ -64,6 +64,7 @@ __all__ = [
     "compact_model",
     "following_batchnorms",
     "surgery_blocker",
+    "surgery_links",
 ]
 
 _AVGPOOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
@@ -173,6 +174,29 @@ def _plausible_link(p: nn.Module, c: nn.Module) -> bool:
     return isinstance(c, CONV_TYPES) and isinstance(p, CONV_TYPES) and c.in_channels == units
 
 
+def surgery_links(structure: Structure) -> tuple[Link, ...]:
+    """The links along which units can be removed: one consumer per producer and vice versa.
+
+    A producer read by two layers, or a consumer fed by two producers (a concatenation), is
+    left out: a unit could be unused by one side and still used by the other.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from prunelab.structure import trace_structure
+        >>> m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> links = surgery_links(trace_structure(m, torch.zeros(1, 4)))
+        >>> [(lk.producer, lk.consumer) for lk in links]
+        [('0', '2')]
+    """
+    producers = [lk.producer for lk in structure.links]
+    consumers = [lk.consumer for lk in structure.links]
+    return tuple(
+        lk for lk in structure.links
+        if producers.count(lk.producer) == 1 and consumers.count(lk.consumer) == 1
+    )  # fmt: skip
+
+
 def surgery_blocker(model: nn.Module, structure: Structure, layer: str) -> str | None:
     """Why the output units of ``layer`` cannot be removed physically (``None`` if they can).
 
@@ -207,8 +231,13 @@ def surgery_blocker(model: nn.Module, structure: Structure, layer: str) -> str |
         return f"it is a {type(m).__name__}, not a Linear/Conv layer"
     if isinstance(m, CONV_TYPES) and m.groups != 1:
         return f"it is a grouped convolution (groups={m.groups}); only groups=1 is supported"
-    if structure.consumers_of(layer):
+    if any(lk.producer == layer for lk in surgery_links(structure)):
         return None
+    links = structure.consumers_of(layer)
+    if len(links) > 1:
+        return f"it feeds {len(links)} layers ({', '.join(lk.consumer for lk in links)})"
+    if links:
+        return f"its consumer {links[0].consumer!r} also reads another layer's outputs"
     if layer not in structure.order:
         return "it was not called on the example input"
     if structure.order.count(layer) > 1:
@@ -258,7 +287,7 @@ def following_batchnorms(model: nn.Module, structure: Structure, layer: str) -> 
     """
     mods = dict(model.named_modules())
     units = _units(mods[layer])
-    links = structure.consumers_of(layer)
+    links = [lk for lk in surgery_links(structure) if lk.producer == layer]
     if links:
         return tuple(
             b for b in links[0].between
@@ -284,8 +313,22 @@ def _apply_elementwise(m: nn.Module, v: float | None) -> float | None:
         return float(m(torch.tensor([v], dtype=torch.float32))[0])
 
 
+def _bn_values(m: nn.Module) -> tuple[list[float], list[float]]:
+    """Effective BatchNorm scale and shift as lists (1 and 0 when not affine)."""
+    if not m.affine:
+        return [1.0] * m.num_features, [0.0] * m.num_features
+    return (
+        effective_tensor(m, "weight").detach().tolist(),
+        effective_tensor(m, "bias").detach().tolist(),
+    )
+
+
 def _delivered_constant(
-    mods: Mapping[str, nn.Module], link: Link, j: int, c0: float | None
+    mods: Mapping[str, nn.Module],
+    link: Link,
+    j: int,
+    c0: float | None,
+    bn_values: Mapping[str, tuple[list[float], list[float]]],
 ) -> tuple[float | None, float | None]:
     """Value unit ``j`` delivers to the consumer, if constant: ``(eval mode, train mode)``.
 
@@ -296,8 +339,7 @@ def _delivered_constant(
     for b in link.between:
         m = mods[b]
         if isinstance(m, BATCHNORM_TYPES):
-            g = float(effective_tensor(m, "weight").detach()[j]) if m.affine else 1.0
-            beta = float(effective_tensor(m, "bias").detach()[j]) if m.affine else 0.0
+            g, beta = bn_values[b][0][j], bn_values[b][1][j]
             if g == 0.0:  # scale masked: the output is the shift, whatever comes in
                 ev = tr = beta
                 continue
@@ -342,6 +384,12 @@ def _plan(mods: Mapping[str, nn.Module], links: list[Link]) -> _Plan:
     }
     kept_constant: dict[str, set[int]] = {}
     kept_last: dict[str, set[int]] = {}
+    bn_values = {
+        b: _bn_values(mods[b])
+        for lk in links
+        for b in lk.between
+        if isinstance(mods[b], BATCHNORM_TYPES)
+    }
     changed = True
     while changed:
         changed = False
@@ -349,20 +397,24 @@ def _plan(mods: Mapping[str, nn.Module], links: list[Link]) -> _Plan:
             p = mods[lk.producer]
             units = _units(p)
             wp = weights[lk.producer].reshape(units, -1)
-            has_in = wp.ne(0).any(dim=1)
+            has_in = wp.ne(0).any(dim=1).tolist()
             wc = weights[lk.consumer]
             rows_c = out_keep.get(lk.consumer)
             if rows_c is not None:
-                wc = wc[rows_c]
-            has_out = wc.reshape(wc.shape[0], units, -1).ne(0).any(dim=2).any(dim=0)
-            bias = effective_tensor(p, "bias").detach() if _raw(p, "bias") is not None else None
+                wc = wc[rows_c.to(wc.device)]
+            has_out = wc.reshape(wc.shape[0], units, -1).ne(0).any(dim=2).any(dim=0).tolist()
+            bias = (
+                effective_tensor(p, "bias").detach().tolist()
+                if _raw(p, "bias") is not None
+                else None
+            )
             keep = out_keep[lk.producer]
             for j in range(units):
                 if not keep[j]:
                     continue
-                if bool(has_out[j]):
-                    c0 = None if bool(has_in[j]) else (float(bias[j]) if bias is not None else 0.0)
-                    ev, tr = _delivered_constant(mods, lk, j, c0)
+                if has_out[j]:
+                    c0 = None if has_in[j] else (bias[j] if bias is not None else 0.0)
+                    ev, tr = _delivered_constant(mods, lk, j, c0, bn_values)
                     if not (ev == 0.0 and tr == 0.0):
                         if ev is not None or tr is not None:
                             kept_constant.setdefault(lk.producer, set()).add(j)
@@ -601,7 +653,7 @@ def compact_model(
     if structure is None:
         structure = trace_structure(model, example_input)
     mods = dict(model.named_modules())
-    links = [lk for lk in structure.links if lk.producer in mods and lk.consumer in mods]
+    links = [lk for lk in surgery_links(structure) if lk.producer in mods and lk.consumer in mods]
     plan = _plan(mods, links)
     if keep is not None:
         _check_request(model, mods, structure, keep, plan)
@@ -656,15 +708,22 @@ def compact_model(
 
     diff = None
     if verify:
+        hint = (
+            "the model is probably not a chain the links describe (e.g. a residual connection "
+            "torch.fx could not see, or hand-made links); check structure="
+        )
         ref = _run_eval(model, example_input)
-        diff = _max_abs_diff(ref, _run_eval(new_model, example_input))
+        try:
+            out = _run_eval(new_model, example_input)
+        except RuntimeError as exc:
+            raise SurgeryError(f"the compact model fails on example_input ({exc}); {hint}") from exc
+        diff = _max_abs_diff(ref, out)
         if diff is not None:
             scale = float(ref.abs().max()) if torch.is_tensor(ref) and ref.numel() else 1.0
             if not diff <= 1e-4 * (1.0 + scale):
                 raise SurgeryError(
                     f"the compact model's outputs differ from the masked model's by {diff:.3g}; "
-                    "the model is probably not a chain the tracer understands (e.g. a residual "
-                    "connection torch.fx could not see); pass the links yourself via structure="
+                    + hint
                 )
     report = SurgeryReport(
         layers=layers,

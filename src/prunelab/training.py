@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .masks import masked_training
+
 __all__ = [
     "LR_POLICIES",
     "OPTIMIZERS",
@@ -188,28 +190,51 @@ def train_epoch(
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     lr = lr_at(step0)
-    for b in range(num_batches):
-        idx = perm[b * batch_size : (b + 1) * batch_size]
-        xb, yb = x[idx], y[idx]
-        lr = lr_at(step0 + b)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        out = model(xb)
-        loss = F.cross_entropy(out, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if l1 > 0:
-            with torch.no_grad():
-                for p in l1_params:
-                    if p.grad is not None:
-                        p.grad.add_(torch.sign(p), alpha=l1)
-        optimizer.step()
-        with torch.no_grad():
-            loss_sum += loss.detach() * yb.shape[0]
-            correct += (out.argmax(1) == yb).sum()
-        if on_batch is not None:
-            on_batch(b, num_batches)
+    with masked_training(model, optimizer) as after_step:
+        for b in range(num_batches):
+            lr = _train_step(model, optimizer, x, y, perm, b, batch_size, lr_at, step0, l1,
+                             l1_params, loss_sum, correct)
+            after_step()
+            if on_batch is not None:
+                on_batch(b, num_batches)
     return EpochStats(float(loss_sum) / n, float(correct) / n, num_batches, lr)
+
+
+def _train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    perm: torch.Tensor,
+    b: int,
+    batch_size: int,
+    lr_at: Callable[[int], float],
+    step0: int,
+    l1: float,
+    l1_params: Sequence[nn.Parameter],
+    loss_sum: torch.Tensor,
+    correct: torch.Tensor,
+) -> float:
+    """One optimizer step on batch ``b`` of the permutation; accumulates loss and hits."""
+    idx = perm[b * batch_size : (b + 1) * batch_size]
+    xb, yb = x[idx], y[idx]
+    lr = lr_at(step0 + b)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    out = model(xb)
+    loss = F.cross_entropy(out, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if l1 > 0:
+        with torch.no_grad():
+            for p in l1_params:
+                if p.grad is not None:
+                    p.grad.add_(torch.sign(p), alpha=l1)
+    optimizer.step()
+    with torch.no_grad():
+        loss_sum += loss.detach() * yb.shape[0]
+        correct += (out.argmax(1) == yb).sum()
+    return lr
 
 
 @torch.no_grad()
