@@ -41,6 +41,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if args.data_root is not None:
+        overrides["data"] = {**overrides.get("data", {}), "root": args.data_root}
     cfg = load_config(args.config, overrides)
     return _execute(cfg, args)
 
@@ -96,6 +98,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if args.data_root is not None:
+        overrides["data"] = {**overrides.get("data", {}), "root": args.data_root}
     cfg = load_config(builtin_config_path(args.experiment), overrides)
     return _execute(cfg, args)
 
@@ -149,6 +153,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
     p.add_argument("--threads", type=int, help="torch CPU threads (overrides the config)")
+    p.add_argument("--data-root", help="dataset directory (overrides data.root; else "
+                   "PRUNELAB_DATA, else the shipped MNIST)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -34,9 +34,16 @@ class VGGSmall(nn.Module):
     Default (``cfg = (16, "M", 32, "M", 64, "M")``, hidden 128, 28x28 input, 10 classes):
     conv 1->16 (28x28), pool, conv 16->32 (14x14), pool, conv 32->64 (7x7), pool to 3x3,
     flatten 576 -> 128 -> 10; 98,554 parameters (convs without bias: BatchNorm's shift
-    replaces it). One training epoch (55,000 images, batch 128, SGD with momentum) took about
-    27 s with ``torch.set_num_threads(1)`` and 18 s with 2 threads on the 2-core development
-    machine (torch 2.13 CPU).
+    replaces it) and 3.99 MFLOP per image (2 x multiply-accumulates of the Linear/Conv
+    layers, as :func:`prunelab.metrics.model_stats` counts).
+
+    Speed: one training epoch (55,000 random 28x28 images, batch 128, SGD with momentum and
+    weight decay) on the 2-core development machine (torch 2.13 CPU) took 23-26 s wall
+    (22.4 s CPU) with ``torch.set_num_threads(1)``. With 2 threads it took 86-230 s, because
+    3-4 other processes shared the two cores during the measurement and OpenMP's threads
+    spin while waiting for each other; ``OMP_WAIT_POLICY=PASSIVE`` brought 2 threads to 37 s
+    under the same load. On a shared machine use one thread. The first cfg tried,
+    ``(32, 32, "M", 64, 64, "M", 128, 128, "M")``, needed about 220 s (one thread).
 
     Modules are named so that :func:`prunelab.structure.trace_structure` links every layer:
     ``features`` (``nn.Sequential`` of Conv2d, BatchNorm2d, ReLU, MaxPool2d) and
