@@ -283,6 +283,10 @@ def bench_models(
                     "n_sparse": sm.n_sparse,
                     "fell_back": sm.fell_back,
                     "compile_s": compile_s,
+                    # the runtime's own whole-model check (dense vs mixed) during compile
+                    "compile_check_speedup": (
+                        sm.dense_us / sm.sparse_us if sm.dense_us and sm.sparse_us else None
+                    ),
                     "max_abs_err_vs_masked": err,
                     "max_abs_err_dense_vs_masked": err_dense,
                     "compiled": sm.as_dict(),
@@ -425,6 +429,7 @@ def _model_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             _fmt(r["speedup_vs_masked"], 2),
             f"{r['n_sparse']}/{r['n_linear']}",
             "yes" if r["fell_back"] else "no",
+            _fmt(r["compile_check_speedup"], 2),
             f"{r['max_abs_err_vs_masked']:.1e}",
         ]
         for r in rows
@@ -497,6 +502,62 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _proc_stat() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine from /proc/stat, or None."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
+def _run_suite(
+    threads: int, layers: list[tuple[str, int, int, float, float]], repeats: int, args: Any
+) -> dict[str, Any]:
+    """Layers + models + targets at one thread count; reports other load on the machine."""
+    torch.set_num_threads(threads)
+    print(f"== torch threads: {torch.get_num_threads()}")
+    stat0, own0, t0 = _proc_stat(), time.process_time(), time.perf_counter()
+    print("Single layers")
+    layer_rows, abl_rows = bench_layers(
+        layers, repeats=repeats, ablation=not args.quick, seed=args.seed
+    )
+    print("Whole models (random-mask stand-ins)")
+    models = {"LeNet-300-100": lenet_300_100(args.seed), "LeNet-5": lenet_5(args.seed)}
+    pool = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
+    model_rows = bench_models(
+        models, dict.fromkeys(models, pool), repeats=repeats, compile_repeats=max(5, repeats)
+    )
+    elapsed = time.perf_counter() - t0
+    stat1, own = _proc_stat(), time.process_time() - own0
+    other = None
+    if stat0 and stat1 and stat1[1] > stat0[1]:
+        # share of the machine's CPU time used by *other* processes while we measured
+        other = max(0.0, (stat1[0] - stat0[0] - own) / (stat1[1] - stat0[1]))
+    return {
+        "threads": torch.get_num_threads(),
+        "elapsed_s": elapsed,
+        "other_cpu_load": other,
+        "layers": layer_rows,
+        "ablation_batch1": abl_rows,
+        "models": model_rows,
+        "targets": _targets(layer_rows, model_rows),
+    }
+
+
+def _suite_tables(run: dict[str, Any]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    n = run["threads"]
+    return [
+        (f"[{n} thr] FC layers: dense vs torch CSR vs prunelab", _layer_table(run["layers"])),
+        (f"[{n} thr] Batch-1 ablation (speedup vs dense)", _ablation_table(run["ablation_batch1"])),
+        (f"[{n} thr] Whole models", _model_table(run["models"])),
+        (f"[{n} thr] compile_sparse decisions", _decision_table(run["models"])),
+        (f"[{n} thr] Targets", _targets_table(run["targets"])),
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -504,79 +565,72 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write all results as JSON")
     ap.add_argument("--md", type=Path, default=None, help="write the tables as Markdown")
     ap.add_argument("--quick", action="store_true", help="3 layers, few repeats, no ablation")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    ap.add_argument(
+        "--threads",
+        default=None,
+        help="comma list of torch thread counts, each a full suite (default: the machine's)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     # TODO(lead): --model-file PATH: load trained pruned checkpoints (LeNet-300-100, LeNet-5)
     # instead of the random-mask stand-ins below, and MNIST test images as inputs; pass them to
     # bench_models(models, inputs) unchanged.
     args = ap.parse_args(argv)
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [default_threads]
     repeats = args.repeats or (5 if args.quick else 20)
     layers = [ly for ly in PAPER_LAYERS if not args.quick or ly[0] in QUICK_LAYERS]
     console = Console(width=220)
-    machine = _machine()
+    machine = _machine() | {"default_torch_threads": default_threads}
     command = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
-    console.print(f"torch {machine['torch']}, threads {machine['torch_threads']}, {machine['cpu']}")
+    console.print(f"torch {machine['torch']}, {machine['cpu']}, {machine['cpu_count']} cores")
 
-    t0 = time.perf_counter()
-    console.print("[bold]Single layers[/bold]")
-    layer_rows, abl_rows = bench_layers(
-        layers, repeats=repeats, ablation=not args.quick, seed=args.seed
-    )
-    console.print("[bold]Whole models (random-mask stand-ins)[/bold]")
-    models = {"LeNet-300-100": lenet_300_100(args.seed), "LeNet-5": lenet_5(args.seed)}
-    g = torch.Generator().manual_seed(args.seed)
-    pool = torch.rand(64, 1, 28, 28, generator=g)
-    model_rows = bench_models(
-        models, dict.fromkeys(models, pool), repeats=repeats, compile_repeats=max(5, repeats)
-    )
-    targets = _targets(layer_rows, model_rows)
-    elapsed = time.perf_counter() - t0
-
-    tables = [
-        ("Single FC layers: dense vs torch CSR vs prunelab", _layer_table(layer_rows)),
-        ("Batch-1 ablation (speedup vs dense)", _ablation_table(abl_rows)),
-        ("Whole models", _model_table(model_rows)),
-        ("compile_sparse decisions", _decision_table(model_rows)),
-        ("Targets", _targets_table(targets)),
-    ]
-    for title, (head, body) in tables:
-        if body:
-            _rich(console, title, head, body)
-    console.print(f"total {elapsed:.0f} s")
+    runs = [_run_suite(n, layers, repeats, args) for n in threads]
+    torch.set_num_threads(default_threads)
+    for run in runs:
+        for title, (head, body) in _suite_tables(run):
+            if body:
+                _rich(console, title, head, body)
+        load = run["other_cpu_load"]
+        console.print(
+            f"[{run['threads']} thr] {run['elapsed_s']:.0f} s; other processes used "
+            f"{'?' if load is None else f'{100 * load:.0f}%'} of the machine's CPU meanwhile"
+        )
 
     result = {
         "command": command,
         "machine": machine,
         "repeats": repeats,
         "seed": args.seed,
-        "elapsed_s": elapsed,
         "timing": "interleaved repeats, median per call (prunelab.sparse.measure_us)",
-        "layers": layer_rows,
-        "ablation_batch1": abl_rows,
-        "models": model_rows,
-        "targets": targets,
+        "runs": runs,
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
-        header = (
+        parts = [
             "# Sparse inference benchmark\n\n"
             f"Command: `{command}`\n\n"
-            f"Machine: {machine['cpu']}, {machine['cpu_count']} CPU cores, torch "
-            f"{machine['torch']} (MKL {machine['mkl']}), {machine['torch_threads']} torch "
+            f"Machine: {machine['cpu']}, {machine['cpu_count']} CPU cores (shared), torch "
+            f"{machine['torch']} (MKL {machine['mkl']}), default {default_threads} torch "
             f"threads, Python {machine['python']}. Load average at start "
-            f"{machine['loadavg_at_start']}. Repeats: {repeats} interleaved, medians. "
-            f"Total {elapsed:.0f} s.\n\n"
+            f"{machine['loadavg_at_start']}. Repeats: {repeats} interleaved, medians.\n\n"
             "Speedups are dense time / variant time in the same run. `bound` = dense weight "
             "bytes / CSR bytes (values + col indices + row pointers): the speedup a purely "
-            "memory-bound batch-1 GEMV could reach. Models are random-mask stand-ins.\n\n"
-        )
-        args.md.write_text(header + "\n".join(_md(t, h, b) for t, (h, b) in tables if b))
+            "memory-bound batch-1 GEMV could reach. Models are random-mask stand-ins.\n"
+        ]
+        for run in runs:
+            load = run["other_cpu_load"]
+            parts.append(
+                f"\n## torch threads = {run['threads']}\n\n"
+                f"{run['elapsed_s']:.0f} s; other processes used "
+                f"{'?' if load is None else f'{100 * load:.0f}%'} of the machine's CPU "
+                "during this suite.\n\n"
+            )
+            parts += [_md(t, h, b) + "\n" for t, (h, b) in _suite_tables(run) if b]
+        args.md.write_text("".join(parts))
     return 0
 
 

@@ -38,7 +38,8 @@ def main() -> None:
     summaries = [json.loads((r / "summary.json").read_text()) for r in args.runs]
     first = args.runs[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    for f in ("summary.json", "layers.md", "config.yaml", "log.jsonl", "model.safetensors"):
+    for f in ("summary.json", "layers.md", "config.yaml", "log.jsonl", "model.safetensors",
+              "dense_model.safetensors"):
         shutil.copy2(first / f, args.out / f)
     stats = {k: _mean_std([float(s[k]) for s in summaries]) for k in KEYS}
     seeds = {

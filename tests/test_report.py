@@ -244,9 +244,9 @@ def test_data_uri_never_spells_a_scheme() -> None:
 
 
 def test_report_lenet300(runs: dict[str, Path], tmp_path: Path) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: not inflated by other jobs on a shared machine
     path = write_report(runs["lenet300"], tmp_path)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert elapsed < 15, elapsed
     assert path == tmp_path / "report.html"
     text = path.read_text()

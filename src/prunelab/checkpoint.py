@@ -32,6 +32,7 @@ __all__ = [
     "optimizer_from_flat",
     "optimizer_to_flat",
     "save_tensors",
+    "write_safetensors_atomic",
 ]
 
 META_KEY = "prunelab"
@@ -41,20 +42,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint or model file is missing, truncated or not a prunelab file."""
 
 
-def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> None:
-    """Write tensors and a JSON-serialisable ``meta`` to ``path`` atomically.
+def write_safetensors_atomic(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], header: Mapping[str, str]
+) -> Path:
+    """Write a safetensors file atomically: temp file, fsync, ``os.replace``, fsync the dir.
 
-    Raises:
-        TypeError: ``meta`` is not JSON-serialisable.
+    A crash leaves either the old file or the new one, never a torn one. The file gets the
+    usual mode (``0o666 & ~umask``), not ``mkstemp``'s 0600.
+
+    Returns:
+        The path written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = json.dumps(meta, sort_keys=True)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(clean, tmp, metadata={META_KEY: blob})
+        save_file(clean, tmp, metadata=dict(header))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -69,6 +77,16 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Ma
             os.close(dfd)
     except OSError:
         pass
+    return path
+
+
+def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> None:
+    """Write tensors and a JSON-serialisable ``meta`` to ``path`` atomically.
+
+    Raises:
+        TypeError: ``meta`` is not JSON-serialisable.
+    """
+    write_safetensors_atomic(path, tensors, {META_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def load_tensors(

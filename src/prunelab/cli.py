@@ -31,9 +31,8 @@ def builtin_config_path(name: str) -> Path:
     return Path(str(resources.files("prunelab") / "configs" / f"{name}.yaml"))
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-
+def _overrides(args: argparse.Namespace) -> dict:
+    """Config overrides from the run options (``--seed``, ``--device``, ...)."""
     overrides: dict = {}
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -42,9 +41,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         overrides["threads"] = args.threads
     if args.data_root is not None:
-        overrides["data"] = {**overrides.get("data", {}), "root": args.data_root}
-    cfg = load_config(args.config, overrides)
-    return _execute(cfg, args)
+        overrides["data"] = {"root": args.data_root}
+    return overrides
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    return _execute(load_config(args.config, _overrides(args)), args)
 
 
 def _execute(cfg: object, args: argparse.Namespace) -> int:
@@ -91,17 +95,7 @@ def _print_summary(summary: dict, out: Path) -> None:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    overrides: dict = {}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.device is not None:
-        overrides["device"] = args.device
-    if args.threads is not None:
-        overrides["threads"] = args.threads
-    if args.data_root is not None:
-        overrides["data"] = {**overrides.get("data", {}), "root": args.data_root}
-    cfg = load_config(builtin_config_path(args.experiment), overrides)
-    return _execute(cfg, args)
+    return _execute(load_config(builtin_config_path(args.experiment), _overrides(args)), args)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
