@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .hooks import eval_forward
 from .masks import effective_tensor, is_masked
 from .selection import CONV_TYPES, PRUNABLE_TYPES
 
@@ -164,27 +165,19 @@ def model_stats(model: nn.Module, example_input: torch.Tensor) -> ModelStats:
         16
     """
     seen: dict[str, tuple[tuple[int, ...], tuple[int, ...], float]] = {}
-    handles = []
     named = dict(model.named_modules())
-    for name, module in named.items():
-        if isinstance(module, PRUNABLE_TYPES):
 
-            def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, name: str = name) -> None:
-                x = inp[0]
-                density = float(torch.count_nonzero(x)) / x.numel() if x.numel() else 0.0
-                if name not in seen:
-                    seen[name] = (tuple(x.shape), tuple(out.shape), density)
+    def record(name: str):
+        def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+            x = inp[0]
+            density = float(torch.count_nonzero(x)) / x.numel() if x.numel() else 0.0
+            seen.setdefault(name, (tuple(x.shape), tuple(out.shape), density))
 
-            handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+        return hook
+
+    eval_forward(model, example_input, forward_hooks=[
+        (m, record(n)) for n, m in named.items() if isinstance(m, PRUNABLE_TYPES)
+    ])
     layers = []
     for name, module in named.items():
         if not isinstance(module, PRUNABLE_TYPES) or name not in seen:

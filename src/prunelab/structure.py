@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .hooks import eval_forward
 from .masks import effective_tensor, get_mask, is_masked, set_mask
 from .selection import CONV_TYPES, LINEAR_TYPES, PRUNABLE_TYPES
 
@@ -166,16 +167,7 @@ def trace_structure(
 
         return _h
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in leaves.items()]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    eval_forward(model, example_input, forward_hooks=[(m, hook(n)) for n, m in leaves.items()])
 
     counts: dict[str, int] = {}
     for n in calls:
@@ -340,15 +332,7 @@ def _already_removed(p: nn.Module, has_in: torch.Tensor, has_out: torch.Tensor) 
 def _consumer_inputs(model: nn.Module, consumer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The consumer's input on batch ``x`` (eval mode)."""
     box: list[torch.Tensor] = []
-    handle = consumer.register_forward_pre_hook(lambda m, inp: box.append(inp[0].detach()))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        handle.remove()
+    eval_forward(model, x, pre_hooks=[(consumer, lambda m, inp: box.append(inp[0].detach()))])
     return box[0]
 
 

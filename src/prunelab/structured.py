@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .criteria import layer_seed
+from .hooks import eval_forward
 from .masks import effective_tensor, get_mask, is_masked, set_mask
 from .selection import CONV_TYPES, LINEAR_TYPES, LayerValue, per_layer_values, select_layers
 from .structure import BATCHNORM_TYPES, Link, Structure
@@ -413,16 +414,7 @@ def _consumer_inputs(
 
         return _h
 
-    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in dict.fromkeys(consumers)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    eval_forward(model, x, pre_hooks=[(mods[n], hook(n)) for n in dict.fromkeys(consumers)])
     return box
 
 

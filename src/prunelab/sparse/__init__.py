@@ -27,6 +27,7 @@ from prunelab.sparse.runtime import (
     compile_sparse,
     deepcopy_pruned,
     make_pruning_permanent,
+    measure_samples_us,
     measure_us,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "dense_weight_bytes",
     "make_csr",
     "make_pruning_permanent",
+    "measure_samples_us",
     "measure_us",
 ]

@@ -6,7 +6,8 @@ reaches times dense ``F.linear`` against the sparse kernels of :mod:`prunelab.sp
 *on that layer's real input*. A sparse kernel replaces the layer only if it is at least
 ``min_speedup`` times faster. The whole model is then timed against the all-dense copy and, if
 the mixed model is not faster (or its output differs), the all-dense copy is returned instead,
-so the compiled model is never slower than dense *at the measured batch size*.
+so the compiled model is never slower than dense *at the measured batch size* (the mixed
+model must win by ``min_model_speedup``, default ``min_speedup``, to be kept).
 
 Batch size matters: a batch-1 GEMV is bound by weight traffic (where CSR wins big), while a
 batch-64 GEMM is compute-bound with good weight reuse (where dense BLAS is hard to beat). The
@@ -52,6 +53,7 @@ __all__ = [
     "compile_sparse",
     "deepcopy_pruned",
     "make_pruning_permanent",
+    "measure_samples_us",
     "measure_us",
 ]
 
@@ -222,25 +224,25 @@ def make_pruning_permanent(model: nn.Module) -> nn.Module:
     return model
 
 
-def measure_us(
+def measure_samples_us(
     fns: Mapping[str, Callable[[], object]],
     *,
     repeats: int = 15,
     warmup: int = 2,
     target_us: float = 200.0,
     max_inner: int = 64,
-) -> dict[str, float]:
-    """Median wall time per call (microseconds) of each zero-arg callable, measured interleaved.
+) -> dict[str, list[float]]:
+    """Per-call wall times (microseconds) of each zero-arg callable, sampled interleaved.
 
     Every repeat times each function once (rotating the order), so slow drifts of a shared
     machine hit all of them alike. Very fast calls are looped ``inner`` times per sample (the
     same ``inner`` for all, chosen so the fastest sample lasts about ``target_us``). Runs under
-    ``torch.inference_mode()``.
+    ``torch.inference_mode()``. Returns ``repeats`` samples per name.
 
     Example:
-        >>> t = measure_us({"a": lambda: sum(range(100))}, repeats=3)
-        >>> t["a"] > 0
-        True
+        >>> s = measure_samples_us({"a": lambda: sum(range(100))}, repeats=3)
+        >>> len(s["a"])
+        3
     """
     if not fns:
         return {}
@@ -264,8 +266,29 @@ def measure_us(
                 t0 = time.perf_counter()
                 for _ in range(inner):
                     f()
-                samples[k].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(v) * 1e6 for k, v in samples.items()}
+                samples[k].append((time.perf_counter() - t0) / inner * 1e6)
+    return samples
+
+
+def measure_us(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int = 15,
+    warmup: int = 2,
+    target_us: float = 200.0,
+    max_inner: int = 64,
+) -> dict[str, float]:
+    """Median wall time per call (microseconds), see :func:`measure_samples_us`.
+
+    Example:
+        >>> t = measure_us({"a": lambda: sum(range(100))}, repeats=3)
+        >>> t["a"] > 0
+        True
+    """
+    samples = measure_samples_us(
+        fns, repeats=repeats, warmup=warmup, target_us=target_us, max_inner=max_inner
+    )
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def deepcopy_pruned(model: nn.Module) -> nn.Module:
@@ -339,6 +362,7 @@ def compile_sparse(
     repeats: int = 15,
     warmup: int = 3,
     min_speedup: float = 1.05,
+    min_model_speedup: float | None = None,
     atol: float = 1e-5,
     rtol: float = 1e-4,
     whole_model_check: bool = True,
@@ -354,6 +378,9 @@ def compile_sparse(
             as the baseline and fallback.
         repeats / warmup: timed samples (median) and untimed warm-up calls per measurement.
         min_speedup: a sparse kernel is chosen only if ``dense_us / sparse_us >= min_speedup``.
+        min_model_speedup: the mixed model is kept only if the all-dense copy is at least this
+            much slower as a whole (default: ``min_speedup``), so that gains within timing
+            noise (e.g. one small sparse FC behind convs) do not risk a slower model.
         atol / rtol: tolerance of the per-layer and whole-model output checks against dense.
         whole_model_check: time the compiled model against the all-dense copy and fall back
             if it is not faster (default). ``False`` keeps the per-layer choices regardless
@@ -505,8 +532,11 @@ def compile_sparse(
         repeats=repeats,
         warmup=warmup,
     )
-    if whole["sparse"] >= whole["dense"]:
-        return dense_result("whole model not faster than dense", whole["dense"], whole["sparse"])
+    need = min_speedup if min_model_speedup is None else min_model_speedup
+    if whole["sparse"] * need > whole["dense"] or whole["sparse"] >= whole["dense"]:
+        return dense_result(
+            f"whole model not {need:g}x faster than dense", whole["dense"], whole["sparse"]
+        )
     return SparseModel(
         sparse,
         decisions,
