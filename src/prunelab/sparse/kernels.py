@@ -8,24 +8,28 @@ traffic by about ``4 / (density * (4 + index_bytes))``.
 Kernel design (measured with torch 2.13 CPU / MKL, 2 cores; see
 ``benchmarks/results/sparse_inference``):
 
-* **CSR with int32 indices.** ``W.to_sparse_csr()`` produces int64 ``crow``/``col`` indices;
-  torch's CPU CSR matmul hands CSR to MKL's sparse BLAS, which works on 32-bit indices, so with
-  int64 it pays for wider indices (12 instead of 8 bytes per nonzero) and for index handling on
-  every call. Rebuilding the CSR tensor with int32 indices (accepted by ``torch.mv``,
-  ``torch.addmv``, ``torch.mm`` and ``torch.addmm`` on CPU) roughly doubles the batch-1 speed.
+* **CSR with int32 indices.** ``W.to_sparse_csr()`` produces int64 ``crow``/``col`` indices.
+  torch's CPU CSR matmul goes through MKL sparse BLAS, building an MKL descriptor on every
+  call; ATen's ``prepare_indices_for_mkl`` (``ATen/mkl/SparseDescriptors.h``) converts indices
+  whose dtype is not ``MKL_INT`` (32-bit in the LP64 build) with a full copy each time. Keeping
+  the CSR with int32 indices (accepted by ``torch.mv``, ``torch.addmv``, ``torch.mm`` and
+  ``torch.addmm`` on CPU) removes that per-call copy and cuts the bytes per nonzero from 12
+  to 8; measured, it makes the batch-1 CSR product 2-4x faster.
 * **Batch 1: ``torch.addmv(bias, csr, x)``.** The vector kernel plus fused bias is markedly
   faster than ``torch.mm(csr, x.T)`` on a one-column matrix.
 * **Batch > 1: ``torch.addmm(bias[:, None], csr, x.T).T``.** Sparse-times-dense with the bias
   fused; the result is returned as the transposed view (no extra copy; strides ``(1, batch)``).
   The transposed orientations tried (``x @ CSR(W.T)``, CSC) were 7-15x *slower* than dense.
-* Pure-torch gather formulations (``index_select`` + ``index_add_`` / ``segment_reduce``) were
-  slower than dense (0.8x at batch 1, 0.03x at batch 64), and a hand-written OpenMP C++ CSR
-  GEMV was no faster than MKL via ``addmv``, so no extension is compiled.
+* A pure-torch gather formulation (``index_select`` + ``index_add_``) was slower than dense
+  (0.4-0.9x on the big layers at batch 1, 0.03x at batch 64; ``segment_reduce`` only reduces
+  along the last axis, which needs a transpose), and a hand-written OpenMP C++ CSR GEMV
+  (``load_inline``, builds in ~30 s here) was no faster than MKL via ``addmv``, so no
+  extension is compiled.
 
 Convolutions stay dense: a conv reuses each weight across all output positions, so it is
 compute-bound rather than weight-traffic-bound. An im2col + CSR formulation was measured no
-faster than im2col + dense GEMM on LeNet-5's convs at batch 1, and 2.5-10x slower than
-``F.conv2d`` at batch 64 or on AlexNet-sized convs.
+faster than im2col + dense GEMM on LeNet-5's convs at batch 1, and 1.3-11x slower than
+``F.conv2d`` at batch 64 or on an AlexNet-sized conv (256->384, 3x3, 30% density).
 
 Example:
     >>> import torch
