@@ -274,34 +274,20 @@ def sync_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
     return count
 
 
-class _ViewHook:
-    """Training-time stand-in for the prune pre-hook: ``<name>`` is a view of ``<name>_orig``.
-
-    Valid only while pruned entries of ``<name>_orig`` are exactly zero, which
-    :func:`masked_training` guarantees by re-applying the masks in place after every
-    optimizer step. It saves the ``orig * mask`` product and its backward node per layer
-    and batch.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, module: nn.Module, inputs: object) -> None:
-        orig = module._parameters[f"{self.name}_orig"]
-        setattr(module, self.name, orig.view_as(orig))
-
-
 @contextmanager
 def masked_training(
     model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 ) -> Iterator[Callable[[], None]]:
     """Fast exact masking for a training loop; yields ``after_step()`` to call after each step.
 
-    Inside the block the forward pass uses ``<name>_orig`` directly (a view, no product) and
-    ``after_step()`` multiplies every ``<name>_orig`` by its mask in place, so the weights
-    every forward pass sees are exactly ``orig * mask``, as with ``torch.nn.utils.prune``'s
-    hook. On exit the original hooks are restored, the masks re-applied and the optimizer's
-    state of pruned entries zeroed (:func:`sync_optimizer`).
+    Inside the block the pruning hooks are taken off and ``module.<name>`` *is* the
+    ``<name>_orig`` parameter, so the forward pass costs what an unpruned model's does (no
+    ``orig * mask`` product, no hook calls); ``after_step()`` multiplies every
+    ``<name>_orig`` by its mask in place (one fused call), so every forward pass sees exactly
+    ``orig * mask``, as with ``torch.nn.utils.prune``'s hook. On exit the hooks are put back,
+    the masks re-applied, ``<name>`` recomputed and the optimizer's state of pruned entries
+    zeroed (:func:`sync_optimizer`). Tensors pruned by a chain of ``torch.nn.utils.prune``
+    methods (a ``PruningContainer``) keep their own hook.
 
     Example:
         >>> import torch
@@ -316,31 +302,45 @@ def masked_training(
         >>> bool(layer.weight_orig[0, 1] == 0) and bool(layer.weight[0, 1] == 0)
         True
     """
-    swapped: list[tuple[nn.Module, object, object]] = []
-    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    removed: list[tuple[nn.Module, str, dict, dict]] = []
+    origs: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
     enforce_masks(model)
-    for _, module, name, mask in iter_masks(model):
-        for key, hook in module._forward_pre_hooks.items():
-            if isinstance(hook, torch_prune.BasePruningMethod) and getattr(
-                hook, "_tensor_name", None
-            ) == name and not isinstance(hook, torch_prune.PruningContainer):
-                module._forward_pre_hooks[key] = _ViewHook(name)
-                swapped.append((module, key, hook))
-                pairs.append((module._parameters[f"{name}_orig"], mask))
-                break
-
-    def after_step() -> None:
-        with torch.no_grad():
-            for orig, mask in pairs:
-                orig.mul_(mask)
-
     try:
+        for _, module, name, mask in list(iter_masks(model)):
+            pre = {
+                k: h for k, h in module._forward_pre_hooks.items()
+                if isinstance(h, torch_prune.BasePruningMethod)
+                and getattr(h, "_tensor_name", None) == name
+            }
+            if len(pre) != 1 or isinstance(next(iter(pre.values())),
+                                            torch_prune.PruningContainer):
+                continue
+            post = {k: h for k, h in module._forward_hooks.items()
+                    if isinstance(h, DetachEffective) and h.name == name}
+            for k in pre:
+                del module._forward_pre_hooks[k]
+            for k in post:
+                del module._forward_hooks[k]
+            removed.append((module, name, pre, post))
+            orig = module._parameters[f"{name}_orig"]
+            # Bypass Module.__setattr__ (it would register a second parameter).
+            module.__dict__[name] = orig
+            origs.append(orig)
+            masks.append(mask)
+
+        def after_step() -> None:
+            if origs:
+                with torch.no_grad():
+                    torch._foreach_mul_(origs, masks)
+
         yield after_step
     finally:
-        for module, key, hook in swapped:
-            module._forward_pre_hooks[key] = hook
+        for module, _, pre, post in removed:
+            module._forward_pre_hooks.update(pre)
+            module._forward_hooks.update(post)
         enforce_masks(model)
-        for _, module, name, _ in iter_masks(model):
+        for module, name, _, _ in removed:
             _refresh(module, name)
         if optimizer is not None:
             sync_optimizer(optimizer, model)

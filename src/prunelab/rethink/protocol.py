@@ -50,6 +50,8 @@ import copy
 import hashlib
 import json
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +97,7 @@ __all__ = [
     "scratch_b_epochs",
     "train",
     "train_large_model",
+    "write_json_atomic",
 ]
 
 # Bump when a change of this module changes results: it is part of every cell's hash.
@@ -664,14 +667,14 @@ def get_large_model(
     init_state, _ = load_tensors(init_path, device=cfg.device)
     info = meta["rethink"]["info"]
     if not info_path.is_file():
-        _write_json_atomic(info_path, {"key": key, "hash": h, "info": info})
+        write_json_atomic(info_path, {"key": key, "hash": h, "info": info})
     return LargeModel(model, init_state, key, h, info, cached=cached)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    import os
-    import tempfile
-
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``):
+    a crash leaves the old file or the new one, never a torn one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -268,7 +268,7 @@ def _run_cells(
                                                 on_epoch=progress.epoch(cell.describe()))
                     rec["hash"] = cell.hash
                     rec["key"] = protocol.cell_key(cfg, method, ratio, seed, cell.baseline)
-                    protocol._write_json_atomic(cells_dir / cell.filename, rec)
+                    protocol.write_json_atomic(cells_dir / cell.filename, rec)
                     done.add(cell.hash)
                     counts["run"] += 1
                     progress.advance()
