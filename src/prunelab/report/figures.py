@@ -346,7 +346,9 @@ def connectivity_map(
         )
     grid = counts.reshape(image_shape).cpu().numpy()
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
-    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=out_features, interpolation="nearest")
+    # Scale to the busiest pixel (not to out_features): after 90%+ pruning no pixel is near it.
+    vmax = max(1, int(grid.max()))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
     cb = fig.colorbar(im, ax=ax)
     cb.set_label(f"surviving connections per pixel (of {out_features})")
     ax.set_xlabel("pixel column")
