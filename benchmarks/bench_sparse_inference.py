@@ -52,6 +52,7 @@ from prunelab.sparse import (
     make_pruning_permanent,
     measure_samples_us,
 )
+from prunelab.surgery import compact_model
 
 # (name, in_features, out_features, density, Deep Compression batch-1 speedup)
 PAPER_LAYERS: list[tuple[str, int, int, float, float]] = [
@@ -237,6 +238,25 @@ def _random_masks(net: nn.Sequential, densities: Mapping[int, float], seed: int)
         prune.custom_from_mask(mod, "weight", mask)
 
 
+def _load_models(paths: list[Path]) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor]]:
+    """Trained pruned models and 64 of their dataset's test images, normalised as in training."""
+    from prunelab.data import load_dataset
+    from prunelab.modelfile import load_model_file
+
+    models: dict[str, nn.Module] = {}
+    pools: dict[str, torch.Tensor] = {}
+    for path in paths:
+        model, meta = load_model_file(path)
+        ds_meta = meta.get("dataset", {})
+        ds = load_dataset(ds_meta.get("name", "mnist"), normalize=False)
+        x = ds.test.images[:64]
+        mean, std = float(ds_meta.get("mean", ds.mean)), float(ds_meta.get("std", ds.std))
+        x = x / std if ds_meta.get("normalize") == "scale" else (x - mean) / std
+        name = f"{meta['model']['name']} ({path.parent.name})"
+        models[name], pools[name] = model.eval(), x
+    return models, pools
+
+
 def bench_models(
     models: dict[str, nn.Module],
     inputs: Mapping[str, torch.Tensor],
@@ -262,6 +282,9 @@ def bench_models(
         masked = masked.eval()
         dense = make_pruning_permanent(deepcopy_pruned(masked)).eval()
         pool = inputs[name]
+        # Physical surgery: dead neurons / empty channels removed, plain smaller dense layers.
+        compacted, surgery = compact_model(deepcopy_pruned(masked), pool[:8], keep_masks=False)
+        compacted = compacted.eval()
         for batch in batches:
             idx = torch.arange(batch) % pool.shape[0]
             x = pool[idx].contiguous()
@@ -272,10 +295,12 @@ def bench_models(
                 ref = masked(x)
                 err = float((sm(x) - ref).abs().max())
                 err_dense = float((dense(x) - ref).abs().max())
+                err_compact = float((compacted(x) - ref).abs().max())
             samples = measure_samples_us(
                 {
                     "dense": lambda x=x, m=dense: m(x),
                     "masked": lambda x=x, m=masked: m(x),
+                    "compacted": lambda x=x, m=compacted: m(x),
                     "sparse": lambda x=x, m=sm: m(x),
                 },
                 repeats=repeats,
@@ -290,6 +315,10 @@ def bench_models(
                     "dense_us": t["dense"],
                     "masked_us": t["masked"],
                     "sparse_us": t["sparse"],
+                    "compacted_us": t["compacted"],
+                    "compacted_speedup_vs_dense": t["dense"] / t["compacted"],
+                    "compacted_units_removed": surgery.units_removed,
+                    "max_abs_err_compacted_vs_masked": err_compact,
                     "speedup_vs_dense": t["dense"] / t["sparse"],
                     "speedup_vs_masked": t["masked"] / t["sparse"],
                     "dense_min_us": tmin["dense"],
@@ -432,6 +461,8 @@ def _model_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
         "batch",
         "dense us",
         "masked us",
+        "compacted us",
+        "compacted vs dense x",
         "compiled us",
         "vs dense x",
         "vs masked x",
@@ -447,6 +478,8 @@ def _model_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             str(r["batch"]),
             _fmt(r["dense_us"], 1),
             _fmt(r["masked_us"], 1),
+            _fmt(r.get("compacted_us"), 1),
+            _fmt(r.get("compacted_speedup_vs_dense"), 2),
             _fmt(r["sparse_us"], 1),
             _fmt(r["speedup_vs_dense"], 2),
             _fmt(r["speedup_vs_masked"], 2),
@@ -549,12 +582,15 @@ def _run_suite(
     layer_rows, abl_rows = bench_layers(
         layers, repeats=repeats, ablation=not args.quick, seed=args.seed
     )
-    print("Whole models (random-mask stand-ins)")
-    models = {"LeNet-300-100": lenet_300_100(args.seed), "LeNet-5": lenet_5(args.seed)}
-    pool = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
-    model_rows = bench_models(
-        models, dict.fromkeys(models, pool), repeats=repeats, compile_repeats=max(5, repeats)
-    )
+    if args.model_file:
+        print("Whole models (trained pruned models, MNIST test images)")
+        models, pools = _load_models(args.model_file)
+    else:
+        print("Whole models (random-mask stand-ins)")
+        models = {"LeNet-300-100": lenet_300_100(args.seed), "LeNet-5": lenet_5(args.seed)}
+        pool = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
+        pools = dict.fromkeys(models, pool)
+    model_rows = bench_models(models, pools, repeats=repeats, compile_repeats=max(5, repeats))
     elapsed = time.perf_counter() - t0
     stat1, own = _proc_stat(), time.process_time() - own0
     other = None
@@ -596,9 +632,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list of torch thread counts, each a full suite (default: the machine's)",
     )
     ap.add_argument("--seed", type=int, default=0)
-    # TODO(lead): --model-file PATH: load trained pruned checkpoints (LeNet-300-100, LeNet-5)
-    # instead of the random-mask stand-ins below, and MNIST test images as inputs; pass them to
-    # bench_models(models, inputs) unchanged.
+    ap.add_argument(
+        "--model-file", action="append", type=Path, default=[],
+        help="a prunelab model file (repeatable); whole-model rows then use the trained pruned "
+        "models on MNIST test images instead of random-mask stand-ins",
+    )
     args = ap.parse_args(argv)
 
     default_threads = torch.get_num_threads()
