@@ -36,8 +36,10 @@ __all__ = [
     "RetrainConfig",
     "RunConfig",
     "TrainConfig",
+    "apply_overrides",
     "config_hash",
     "load_config",
+    "read_yaml_mapping",
 ]
 
 
@@ -220,11 +222,11 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> RunConfig:
         raise ConfigError(_format_errors(exc, source)) from None
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config, apply top-level overrides (e.g. ``{"seed": 1}``), validate it.
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping at top level.
 
     Raises:
-        ConfigError: the file is missing, not YAML, not a mapping, or invalid.
+        ConfigError: the file is missing, not YAML, or not a mapping.
     """
     p = Path(path)
     try:
@@ -235,12 +237,32 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Apply top-level overrides in place; nested mappings are merged (e.g. ``data.root``).
+
+    Example:
+        >>> apply_overrides({"data": {"name": "mnist"}, "seed": 0}, {"data": {"root": "/d"}})
+        {'data': {'name': 'mnist', 'root': '/d'}, 'seed': 0}
+    """
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}  # merge nested overrides (e.g. data.root)
+            data[key] = {**data[key], **value}
         else:
             data[key] = value
-    return parse_config(data, repr(str(p)))
+    return data
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config, apply top-level overrides (e.g. ``{"seed": 1}``), validate it.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, not a mapping, or invalid.
+    """
+    data = apply_overrides(read_yaml_mapping(path), overrides)
+    return parse_config(data, repr(str(Path(path))))
 
 
 def config_hash(cfg: BaseModel) -> str:

@@ -31,10 +31,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import ConfigError, ModelConfig, _format_errors, _Strict
+from ..config import (
+    ConfigError,
+    ModelConfig,
+    _format_errors,
+    _Strict,
+    apply_overrides,
+    read_yaml_mapping,
+)
 
 __all__ = [
     "BASELINES",
@@ -323,14 +329,5 @@ def load_rethink_config(
     Raises:
         ConfigError: the file is missing, not YAML, not a mapping, or invalid.
     """
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(p)!r} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
-    data.update(overrides or {})
-    return parse_rethink_config(data, repr(str(p)))
+    data = apply_overrides(read_yaml_mapping(path), overrides)
+    return parse_rethink_config(data, repr(str(Path(path))))
