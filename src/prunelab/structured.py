@@ -52,7 +52,13 @@ from .hooks import eval_forward
 from .masks import effective_tensor, get_mask, is_masked, set_mask
 from .selection import CONV_TYPES, LINEAR_TYPES, LayerValue, per_layer_values, select_layers
 from .structure import BATCHNORM_TYPES, Link, Structure
-from .surgery import SurgeryError, following_batchnorms, surgery_blocker, surgery_links
+from .surgery import (
+    SurgeryError,
+    check_keep_mask,
+    following_batchnorms,
+    surgery_blocker,
+    surgery_links,
+)
 
 __all__ = [
     "ChannelMaskResult",
@@ -605,18 +611,7 @@ def apply_channel_masks(
     mods = dict(model.named_modules())
     checked: list[tuple[str, torch.Tensor, str | None]] = []
     for name, mask in keep.items():
-        m = mods.get(name)
-        if m is None or not isinstance(m, LINEAR_TYPES + CONV_TYPES):
-            raise ValueError(
-                f"keep names {name!r}, which is not a Linear/Conv layer of the model; layers "
-                f"are: {', '.join(dict.fromkeys(structure.layers))}"
-            )
-        mask = torch.as_tensor(mask)
-        if tuple(mask.shape) != (_units(m),):
-            raise ValueError(
-                f"keep mask of {name!r} has shape {tuple(mask.shape)}; expected ({_units(m)},)"
-            )
-        mask = mask.bool().cpu()
+        mask = check_keep_mask(mods, structure, name, mask)
         if not bool(mask.any()):
             raise ValueError(f"keep mask of {name!r} removes every unit; keep at least one")
         blocker = surgery_blocker(model, structure, name)

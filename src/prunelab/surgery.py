@@ -197,6 +197,28 @@ def surgery_links(structure: Structure) -> tuple[Link, ...]:
     )  # fmt: skip
 
 
+def check_keep_mask(
+    mods: dict[str, nn.Module], structure: Structure, name: str, mask: object
+) -> torch.Tensor:
+    """Validate a unit keep-mask for layer ``name``; return it as a CPU bool tensor.
+
+    Raises:
+        ValueError: ``name`` is not a Linear/Conv layer, or the mask has the wrong shape.
+    """
+    m = mods.get(name)
+    if m is None or not isinstance(m, PRUNABLE_TYPES):
+        raise ValueError(
+            f"keep names {name!r}, which is not a Linear/Conv layer of the model; layers "
+            f"are: {', '.join(dict.fromkeys(structure.layers))}"
+        )
+    mask = torch.as_tensor(mask)
+    if tuple(mask.shape) != (_units(m),):
+        raise ValueError(
+            f"keep mask of {name!r} has shape {tuple(mask.shape)}; expected ({_units(m)},)"
+        )
+    return mask.bool().cpu()
+
+
 def surgery_blocker(model: nn.Module, structure: Structure, layer: str) -> str | None:
     """Why the output units of ``layer`` cannot be removed physically (``None`` if they can).
 
@@ -566,18 +588,7 @@ def _check_request(
     plan: _Plan,
 ) -> None:
     for name, mask in keep.items():
-        m = mods.get(name)
-        if m is None or not isinstance(m, PRUNABLE_TYPES):
-            raise ValueError(
-                f"keep names {name!r}, which is not a Linear/Conv layer of the model; layers "
-                f"are: {', '.join(structure.layers)}"
-            )
-        mask = torch.as_tensor(mask)
-        if tuple(mask.shape) != (_units(m),):
-            raise ValueError(
-                f"keep mask of {name!r} has shape {tuple(mask.shape)}; expected ({_units(m)},)"
-            )
-        mask = mask.bool().cpu()
+        mask = check_keep_mask(mods, structure, name, mask)
         if bool(mask.all()):
             continue
         reason = surgery_blocker(model, structure, name)
