@@ -16,35 +16,18 @@ from safetensors.torch import save_file
 
 from prunelab.checkpoint import CheckpointError, load_tensors, save_tensors
 from prunelab.masks import get_mask
-from prunelab.pipeline import CHECKPOINT_NAME, HanPipeline
+from prunelab.pipeline import CHECKPOINT_NAME, HanPipeline, SilentReporter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 LAYERS = ("fc1", "fc2", "fc3")
 
 
-class _Quiet:
-    def phase_start(self, name: str, epochs: int, batches_per_epoch: int) -> None:
-        pass
-
-    def batch(self) -> None:
-        pass
-
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        pass
-
-    def event(self, record: dict[str, Any]) -> None:
-        pass
-
-    def phase_end(self) -> None:
-        pass
-
-
 class _InterruptedError(RuntimeError):
     pass
 
 
-class _InterruptAfter(_Quiet):
+class _InterruptAfter(SilentReporter):
     """Raises from ``epoch_end`` of the ``n``-th epoch (before that epoch's checkpoint)."""
 
     def __init__(self, n: int) -> None:
@@ -282,22 +265,10 @@ def test_freeze_conv_keeps_batchnorm_statistics_and_unfreezes_after(tmp_path):
     pipe = HanPipeline(model, cfg, TensorData(x, y, x, y))
     seen = {}
 
-    class Spy:
+    class Spy(SilentReporter):
         def phase_start(self, name, epochs, batches):
             seen.setdefault(name, (model[1].running_mean.clone(), model[0].weight_orig.clone()
                                    if hasattr(model[0], "weight_orig") else None))
-
-        def batch(self):
-            pass
-
-        def epoch_end(self, record):
-            pass
-
-        def event(self, record):
-            pass
-
-        def phase_end(self):
-            pass
 
     pipe.reporter = Spy()
     pipe.run()

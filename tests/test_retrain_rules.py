@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from prunelab.pipeline import HanPipeline
+from prunelab.pipeline import HanPipeline, SilentReporter
 from prunelab.pruner import Pruner
 from prunelab.retrain_rules import (
     adjusted_dropout,
@@ -85,7 +84,7 @@ def test_unknown_freeze_raises(convnet):
         frozen_parameters(convnet, "bn")
 
 
-class _Snapshot:
+class _Snapshot(SilentReporter):
     """Reporter that copies the parameters when the first retraining phase starts."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -95,18 +94,6 @@ class _Snapshot:
     def phase_start(self, name: str, epochs: int, batches_per_epoch: int) -> None:
         if name.startswith("retrain") and self.at_retrain is None:
             self.at_retrain = {k: v.detach().clone() for k, v in self.model.named_parameters()}
-
-    def batch(self) -> None:
-        pass
-
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        pass
-
-    def event(self, record: dict[str, Any]) -> None:
-        pass
-
-    def phase_end(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ from .retrain_rules import DropoutChange, apply_dropout_rule, freeze_kind
 from .structure import DROPOUT_TYPES, Structure, prune_dead_neurons, trace_structure
 from .training import epoch_seed, evaluate, lr_schedule, make_optimizer, train_epoch
 
-__all__ = ["HanPipeline", "PipelineResult", "Reporter", "TensorData"]
+__all__ = ["HanPipeline", "PipelineResult", "Reporter", "SilentReporter", "TensorData"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -77,7 +77,9 @@ class Reporter(Protocol):
     def phase_end(self) -> None: ...
 
 
-class _Silent:
+class SilentReporter:
+    """A :class:`Reporter` that ignores everything; subclass it to react to some events only."""
+
     def phase_start(self, name: str, epochs: int, batches_per_epoch: int) -> None:
         pass
 
@@ -148,7 +150,7 @@ class HanPipeline:
         self.model = model.to(self.device)
         self.data = data.to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.reporter = reporter or _Silent()
+        self.reporter = reporter or SilentReporter()
         self.optimizer_factory = optimizer_factory or _default_optimizer
         self.example = (
             example_input if example_input is not None else self.data.x_val[:256]

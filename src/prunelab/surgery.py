@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .hooks import eval_forward
 from .masks import effective_tensor, get_mask, is_masked, iter_masks, make_permanent, set_mask
 from .metrics import count_parameters
 from .selection import CONV_TYPES, LINEAR_TYPES, PRUNABLE_TYPES
@@ -570,16 +571,6 @@ def _max_abs_diff(a: object, b: object) -> float | None:
     return None
 
 
-def _run_eval(model: nn.Module, x: torch.Tensor) -> object:
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            return model(x)
-    finally:
-        model.train(was)
-
-
 def _check_request(
     model: nn.Module,
     mods: Mapping[str, nn.Module],
@@ -723,9 +714,9 @@ def compact_model(
             "the model is probably not a chain the links describe (e.g. a residual connection "
             "torch.fx could not see, or hand-made links); check structure="
         )
-        ref = _run_eval(model, example_input)
+        ref = eval_forward(model, example_input)
         try:
-            out = _run_eval(new_model, example_input)
+            out = eval_forward(new_model, example_input)
         except RuntimeError as exc:
             raise SurgeryError(f"the compact model fails on example_input ({exc}); {hint}") from exc
         diff = _max_abs_diff(ref, out)
