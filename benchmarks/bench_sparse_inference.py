@@ -5,12 +5,12 @@ Two parts, measured in one run, interleaved (each repeat times every variant onc
 (a) single FC layers with the shapes and densities of the paper's big nets (AlexNet / VGG-16
     fc6-fc8, random masks), batch 1 and 64: dense ``F.linear`` vs torch's own CSR
     (``W.to_sparse_csr()``, int64 indices, ``torch.sparse.mm(csr, x.T)``) vs prunelab's
-    :class:`~prunelab.sparse.SparseLinear` (int32 CSR, ``addmv``/``addmm``); the weight bytes
+    :class:`~prunelab.runtime.SparseLinear` (int32 CSR, ``addmv``/``addmm``); the weight bytes
     each format streams per call (the memory-traffic bound of a batch-1 GEMV) and Deep
     Compression's measured speedups. At batch 1 an ablation separates the index-width and the
     mv-vs-mm effects and includes a pure-torch gather formulation.
 (b) whole models via :func:`bench_models`: dense (pruning made permanent) vs masked
-    (``torch.nn.utils.prune`` hooks) vs :func:`~prunelab.sparse.compile_sparse`.
+    (``torch.nn.utils.prune`` hooks) vs :func:`~prunelab.runtime.compile_sparse`.
 
 Usage::
 
@@ -43,7 +43,7 @@ from rich.table import Table
 from torch import nn
 from torch.nn.utils import prune
 
-from prunelab.sparse import (
+from prunelab.runtime import (
     SparseLinear,
     compile_sparse,
     csr_bytes,
@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "repeats": repeats,
         "seed": args.seed,
-        "timing": "interleaved repeats (prunelab.sparse.measure_samples_us); *_us are medians, "
+        "timing": "interleaved repeats (prunelab.runtime.measure_samples_us); *_us are medians, "
         "*_min_us the best sample",
         "runs": runs,
     }

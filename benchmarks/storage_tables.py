@@ -22,9 +22,9 @@ import torch
 
 from prunelab.export import export_model, format_size_table_markdown, load_compact, size_table
 from prunelab.export.container import effective_state_dict
+from prunelab.graph import trace_structure
 from prunelab.metrics import count_parameters
 from prunelab.modelfile import load_model_file
-from prunelab.structure import trace_structure
 from prunelab.surgery import compact_model
 
 PAPER_NOTE = (

@@ -20,8 +20,8 @@ import sys
 
 import torch
 
-from prunelab.report.cli import add_tradeoff_arguments
-from prunelab.report.tradeoff import run_from_args
+from prunelab.cli.report import add_tradeoff_arguments
+from prunelab.experiments.tradeoff import run_from_args
 
 
 def main(argv: list[str] | None = None) -> int:

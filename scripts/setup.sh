@@ -6,12 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-TORCH_SPEC="${PRUNELAB_TORCH:-torch==2.13.0}"
+TORCH_SPEC="${PRUNELAB_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null || true
-.venv/bin/python -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
+.venv/bin/python -m pip install -q --disable-pip-version-check $TORCH_SPEC
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   (apt-get update -qq >/dev/null 2>&1 && \

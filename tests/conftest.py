@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunelab.config import RunConfig, parse_config
-from prunelab.pipeline import TensorData
+from prunelab.experiments.han import TensorData
 
 IMAGE = (1, 8, 8)
 

@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from prunelab.checkpoint import CheckpointError, load_tensors, save_tensors
+from prunelab.experiments.han import CHECKPOINT_NAME, HanPipeline, SilentReporter
 from prunelab.masks import get_mask
-from prunelab.pipeline import CHECKPOINT_NAME, HanPipeline, SilentReporter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -252,7 +252,7 @@ def test_freeze_conv_keeps_batchnorm_statistics_and_unfreezes_after(tmp_path):
     from torch import nn
 
     from prunelab.config import parse_config
-    from prunelab.pipeline import HanPipeline, TensorData
+    from prunelab.experiments.han import HanPipeline, TensorData
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
@@ -282,7 +282,7 @@ def test_structure_links_through_view_with_size():
     """`x.view(x.size(0), -1)` inside forward must not break the conv -> linear link."""
     from torch import nn
 
-    from prunelab.structure import trace_structure
+    from prunelab.graph import trace_structure
 
     class Net(nn.Module):
         def __init__(self):

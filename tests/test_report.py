@@ -18,12 +18,19 @@ from torch import nn
 
 from prunelab.cli import main
 from prunelab.config import parse_config
+from prunelab.experiments.runner import run_han
+from prunelab.experiments.sensitivity import (
+    SensitivityRow,
+    choose_q,
+    config_snippet,
+    read_rows_csv,
+    run_sensitivity,
+    sensitivity_sweep,
+)
 from prunelab.masks import effective_tensor, set_mask
-from prunelab.report import choose_q, config_snippet, sensitivity_sweep, write_report
 from prunelab.report import figures as F
+from prunelab.report import write_report
 from prunelab.report.html import FIGURE_IDS, _data_uri
-from prunelab.report.sensitivity import SensitivityRow, read_rows_csv, run_sensitivity
-from prunelab.runner import run_han
 
 SCHEME = "ht" + "tp"  # spelt in two parts so this file never matches its own search
 REPORT_SRC = Path(__file__).resolve().parents[1] / "src" / "prunelab" / "report"
@@ -321,7 +328,7 @@ def test_cli_report_and_sensitivity(runs: dict[str, Path], tmp_path: Path,
 
 
 def test_tradeoff_tiny(tmp_path: Path) -> None:
-    from prunelab.report.tradeoff import CURVES, TradeoffConfig, run_tradeoff
+    from prunelab.experiments.tradeoff import CURVES, TradeoffConfig, run_tradeoff
 
     cfg = TradeoffConfig(model="lenet300", epochs=1, retrain_epochs=1, fractions=(0.9, 0.5),
                          subset=300)

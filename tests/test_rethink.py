@@ -12,13 +12,11 @@ import torch
 import yaml
 from torch import nn
 
+from prunelab.cli.rethink import parse_seeds
 from prunelab.config import ConfigError
-from prunelab.masks import set_mask
-from prunelab.models import build_model
-from prunelab.rethink import protocol, sweep
-from prunelab.rethink.cli import parse_seeds
-from prunelab.rethink.config import MethodConfig, RethinkConfig, parse_rethink_config
-from prunelab.rethink.protocol import (
+from prunelab.experiments.rethink import protocol, sweep
+from prunelab.experiments.rethink.config import MethodConfig, RethinkConfig, parse_rethink_config
+from prunelab.experiments.rethink.protocol import (
     RethinkData,
     baseline_epochs,
     baseline_model,
@@ -30,7 +28,9 @@ from prunelab.rethink.protocol import (
     prune,
     scratch_b_epochs,
 )
-from prunelab.runner import RunDirectoryError
+from prunelab.experiments.runner import RunDirectoryError
+from prunelab.masks import set_mask
+from prunelab.models import build_model
 
 TINY_MODEL = {
     "name": "vgg_small",

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.pipeline import HanPipeline, SilentReporter
+from prunelab.experiments.han import HanPipeline, SilentReporter
+from prunelab.graph import trace_structure
 from prunelab.pruner import Pruner
 from prunelab.retrain_rules import (
     adjusted_dropout,
@@ -17,7 +18,6 @@ from prunelab.retrain_rules import (
     freeze_kind,
     frozen_parameters,
 )
-from prunelab.structure import trace_structure
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""Tests for prunelab.sparse: SparseLinear kernel and the compile_sparse runtime."""
+"""Tests for prunelab.runtime: SparseLinear kernel and the compile_sparse runtime."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from prunelab.sparse import (
+from prunelab.runtime import (
     SparseLinear,
     SparseModel,
     compile_sparse,

@@ -8,14 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from prunelab.dead_neurons import find_dead_neurons, prune_dead_neurons
+from prunelab.graph import Link, trace_structure
 from prunelab.masks import get_mask, set_mask
 from prunelab.models import build_model
-from prunelab.structure import (
-    Link,
-    find_dead_neurons,
-    prune_dead_neurons,
-    trace_structure,
-)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

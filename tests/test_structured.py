@@ -9,18 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.masks import get_mask, set_mask
-from prunelab.metrics import count_parameters, model_stats
-from prunelab.models import VGGSmall, build_model
-from prunelab.structure import Structure, trace_structure
-from prunelab.structured import (
-    apply_channel_masks,
+from prunelab.channel_masks import apply_channel_masks
+from prunelab.criteria.channels import (
     l1_filter_keep,
     slimming_keep,
     slimming_penalty,
     thinet_keep,
     thinet_select,
 )
+from prunelab.graph import Structure, trace_structure
+from prunelab.masks import get_mask, set_mask
+from prunelab.metrics import count_parameters, model_stats
+from prunelab.models import VGGSmall, build_model
 from prunelab.surgery import SurgeryError, compact_model
 
 ATOL = 1e-5

@@ -10,18 +10,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from prunelab.dead_neurons import find_dead_neurons, prune_dead_neurons
+from prunelab.graph import Link, Structure, surgery_blocker, trace_structure
 from prunelab.masks import get_mask, is_masked, set_mask
 from prunelab.metrics import count_parameters, model_stats
 from prunelab.models import LeNet5, LeNet300
 from prunelab.pruner import prune_model
-from prunelab.structure import (
-    Link,
-    Structure,
-    find_dead_neurons,
-    prune_dead_neurons,
-    trace_structure,
-)
-from prunelab.surgery import SurgeryError, compact_model, surgery_blocker
+from prunelab.surgery import SurgeryError, compact_model
 
 ATOL = 1e-5
 

@@ -43,6 +43,7 @@ __all__ = [
     "make_permanent",
     "mask_state",
     "masked_training",
+    "raw_parameter",
     "set_mask",
     "sparsity",
     "sync_optimizer",
@@ -71,11 +72,29 @@ def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
     return module._buffers.get(f"{name}_mask") if is_masked(module, name) else None
 
 
-def _raw_parameter(module: nn.Module, name: str) -> nn.Parameter:
-    """The trainable parameter behind ``name`` (``<name>_orig`` when masked)."""
+def raw_parameter(
+    module: nn.Module, name: str = "weight", *, missing_ok: bool = False
+) -> nn.Parameter | None:
+    """The trainable parameter behind ``name`` (``<name>_orig`` when masked).
+
+    Args:
+        module: the module owning the tensor.
+        name: parameter name.
+        missing_ok: return ``None`` instead of raising when there is no such parameter.
+
+    Raises:
+        ValueError: no parameter ``name`` (and not ``missing_ok``).
+
+    Example:
+        >>> from torch import nn
+        >>> raw_parameter(nn.Linear(2, 2), "bias").shape
+        torch.Size([2])
+    """
     if is_masked(module, name):
         return module._parameters[f"{name}_orig"]
     param = module._parameters.get(name)
+    if param is None and missing_ok:
+        return None
     if param is None:
         raise ValueError(
             f"module {type(module).__name__} has no parameter {name!r}; "
@@ -97,7 +116,7 @@ def effective_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
     """
     if is_masked(module, name):
         return module._parameters[f"{name}_orig"] * module._buffers[f"{name}_mask"]
-    return _raw_parameter(module, name)
+    return raw_parameter(module, name)
 
 
 class DetachEffective:
@@ -187,7 +206,7 @@ def set_mask(
         >>> float(layer.weight[0, 1]) == 0.0  # -0.0 when the weight was negative
         True
     """
-    param = _raw_parameter(module, name)
+    param = raw_parameter(module, name)
     if tuple(mask.shape) != tuple(param.shape):
         raise ValueError(
             f"mask shape {tuple(mask.shape)} does not match {name!r} of shape {tuple(param.shape)}"

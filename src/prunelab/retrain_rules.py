@@ -83,7 +83,7 @@ def apply_dropout_rule(
     Args:
         model: the pruned network.
         feeds: ``{dropout_module: layer_it_feeds}``, from
-            :func:`prunelab.structure.trace_structure` or given explicitly.
+            :func:`prunelab.graph.trace_structure` or given explicitly.
         original_rates: ``{dropout_module: D_o}`` of the dense network.
         dense_connections: ``{layer: C_io}``, weights of each layer when dense.
 

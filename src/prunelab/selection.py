@@ -28,7 +28,9 @@ __all__ = [
     "LINEAR_TYPES",
     "PRUNABLE_TYPES",
     "LayerValue",
+    "in_units",
     "layer_kind",
+    "out_units",
     "per_layer_values",
     "select_layers",
 ]
@@ -59,6 +61,28 @@ def layer_kind(module: nn.Module) -> str:
         f"{type(module).__name__} is not prunable; prunable types are "
         f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)}"
     )
+
+
+def out_units(module: nn.Module) -> int:
+    """Output units of a Linear (features) or Conv (channels) layer.
+
+    Example:
+        >>> from torch import nn
+        >>> out_units(nn.Conv2d(1, 8, 3)), out_units(nn.Linear(4, 2))
+        (8, 2)
+    """
+    return module.out_features if isinstance(module, LINEAR_TYPES) else module.out_channels
+
+
+def in_units(module: nn.Module) -> int:
+    """Input units of a Linear (features) or Conv (channels) layer.
+
+    Example:
+        >>> from torch import nn
+        >>> in_units(nn.Conv2d(1, 8, 3)), in_units(nn.Linear(4, 2))
+        (1, 4)
+    """
+    return module.in_features if isinstance(module, LINEAR_TYPES) else module.in_channels
 
 
 def _as_patterns(patterns: str | Sequence[str] | None) -> list[str] | None:

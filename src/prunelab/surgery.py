@@ -1,7 +1,7 @@
 """Physical surgery: remove dead units so the network really becomes smaller.
 
 Masks only *pretend* a network is small: a masked neuron still costs memory and time. After
-pruning (and :func:`prunelab.structure.prune_dead_neurons`, which folds the constant output of
+pruning (and :func:`prunelab.dead_neurons.prune_dead_neurons`, which folds the constant output of
 input-dead neurons into the next layer's bias), :func:`compact_model` returns a copy in which
 every unit (Linear output neuron, conv output channel) of a linked producer that no longer
 affects the output is physically removed, together with the consumer's input columns that
@@ -18,8 +18,8 @@ A unit of producer ``P`` (linked to consumer ``C``) is removed when
   is not).
 
 An input-dead unit with a *nonzero* constant output is kept (``kept_constant`` in the report):
-folding it is :func:`prunelab.structure.prune_dead_neurons`' job. Layers the surgery cannot
-follow channel by channel (not linked by :func:`prunelab.structure.trace_structure`: model
+folding it is :func:`prunelab.dead_neurons.prune_dead_neurons`' job. Layers the surgery cannot
+follow channel by channel (not linked by :func:`prunelab.graph.trace_structure`: model
 outputs, residual joins, grouped convolutions, shared modules) are kept as they are.
 
 Example:
@@ -44,28 +44,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from .hooks import eval_forward
-from .masks import effective_tensor, get_mask, is_masked, iter_masks, make_permanent, set_mask
-from .metrics import count_parameters
-from .selection import CONV_TYPES, LINEAR_TYPES, PRUNABLE_TYPES
-from .structure import (
+from .graph import (
     BATCHNORM_TYPES,
     DROPOUT_TYPES,
-    PASSTHROUGH_TYPES,
     Link,
     Structure,
-    _fx_single_path,
+    check_keep_mask,
+    surgery_blocker,
+    surgery_links,
     trace_structure,
 )
+from .graph.queries import layer_params
+from .hooks import eval_forward
+from .masks import effective_tensor, get_mask, iter_masks, make_permanent, raw_parameter, set_mask
+from .metrics import count_parameters
+from .selection import LINEAR_TYPES, in_units, out_units
 
 __all__ = [
     "LayerSurgery",
     "SurgeryError",
     "SurgeryReport",
     "compact_model",
-    "following_batchnorms",
-    "surgery_blocker",
-    "surgery_links",
 ]
 
 _AVGPOOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
@@ -109,7 +108,7 @@ class SurgeryReport:
         layers: ``{name: LayerSurgery}`` for every Linear/Conv layer of the traced forward pass.
         params_before / params_after: all parameters of the model (biases, BatchNorm included).
         kept_constant: input-dead units kept because they deliver a nonzero constant (fold
-            them with :func:`prunelab.structure.prune_dead_neurons` first).
+            them with :func:`prunelab.dead_neurons.prune_dead_neurons` first).
         kept_last: dead units kept because removing them would empty their layer.
         unsupported: layers with all-zero units the surgery cannot remove, and why.
         max_abs_diff: largest output difference between the masked model and the compact
@@ -147,185 +146,6 @@ class SurgeryReport:
             "unsupported": dict(self.unsupported),
             "max_abs_diff": self.max_abs_diff,
         }
-
-
-def _units(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, LINEAR_TYPES) else m.out_channels
-
-
-def _inputs(m: nn.Module) -> int:
-    return m.in_features if isinstance(m, LINEAR_TYPES) else m.in_channels
-
-
-def _raw(m: nn.Module, name: str) -> torch.Tensor | None:
-    """The parameter behind ``name`` (``<name>_orig`` when masked), or None."""
-    if is_masked(m, name):
-        return m._parameters[f"{name}_orig"]
-    return m._parameters.get(name)
-
-
-def _layer_params(m: nn.Module) -> int:
-    return sum(t.numel() for t in (_raw(m, "weight"), _raw(m, "bias")) if t is not None)
-
-
-def _plausible_link(p: nn.Module, c: nn.Module) -> bool:
-    units = _units(p)
-    if isinstance(c, LINEAR_TYPES):
-        return c.in_features == units or (isinstance(p, CONV_TYPES) and c.in_features % units == 0)
-    return isinstance(c, CONV_TYPES) and isinstance(p, CONV_TYPES) and c.in_channels == units
-
-
-def surgery_links(structure: Structure) -> tuple[Link, ...]:
-    """The links along which units can be removed: one consumer per producer and vice versa.
-
-    A producer read by two layers, or a consumer fed by two producers (a concatenation), is
-    left out: a unit could be unused by one side and still used by the other.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from prunelab.structure import trace_structure
-        >>> m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-        >>> links = surgery_links(trace_structure(m, torch.zeros(1, 4)))
-        >>> [(lk.producer, lk.consumer) for lk in links]
-        [('0', '2')]
-    """
-    producers = [lk.producer for lk in structure.links]
-    consumers = [lk.consumer for lk in structure.links]
-    return tuple(
-        lk for lk in structure.links
-        if producers.count(lk.producer) == 1 and consumers.count(lk.consumer) == 1
-    )  # fmt: skip
-
-
-def check_keep_mask(
-    mods: dict[str, nn.Module], structure: Structure, name: str, mask: object
-) -> torch.Tensor:
-    """Validate a unit keep-mask for layer ``name``; return it as a CPU bool tensor.
-
-    Raises:
-        ValueError: ``name`` is not a Linear/Conv layer, or the mask has the wrong shape.
-    """
-    m = mods.get(name)
-    if m is None or not isinstance(m, PRUNABLE_TYPES):
-        raise ValueError(
-            f"keep names {name!r}, which is not a Linear/Conv layer of the model; layers "
-            f"are: {', '.join(dict.fromkeys(structure.layers))}"
-        )
-    mask = torch.as_tensor(mask)
-    if tuple(mask.shape) != (_units(m),):
-        raise ValueError(
-            f"keep mask of {name!r} has shape {tuple(mask.shape)}; expected ({_units(m)},)"
-        )
-    return mask.bool().cpu()
-
-
-def surgery_blocker(model: nn.Module, structure: Structure, layer: str) -> str | None:
-    """Why the output units of ``layer`` cannot be removed physically (``None`` if they can).
-
-    Args:
-        model: the network.
-        structure: from :func:`prunelab.structure.trace_structure`.
-        layer: module name of a Linear/Conv layer.
-
-    Returns:
-        ``None`` when ``layer`` is the producer of a link (its units can be removed), else a
-        sentence saying why not.
-
-    Raises:
-        ValueError: ``model`` has no module ``layer``.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from prunelab.structure import trace_structure
-        >>> m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-        >>> s = trace_structure(m, torch.zeros(1, 4))
-        >>> surgery_blocker(m, s, "0") is None, surgery_blocker(m, s, "2")
-        (True, "its outputs are the model's outputs (no layer consumes them)")
-    """
-    mods = dict(model.named_modules())
-    m = mods.get(layer)
-    if m is None:
-        raise ValueError(
-            f"model has no module {layer!r}; its layers are: {', '.join(structure.layers)}"
-        )
-    if not isinstance(m, PRUNABLE_TYPES):
-        return f"it is a {type(m).__name__}, not a Linear/Conv layer"
-    if isinstance(m, CONV_TYPES) and m.groups != 1:
-        return f"it is a grouped convolution (groups={m.groups}); only groups=1 is supported"
-    if any(lk.producer == layer for lk in surgery_links(structure)):
-        return None
-    links = structure.consumers_of(layer)
-    if len(links) > 1:
-        return f"it feeds {len(links)} layers ({', '.join(lk.consumer for lk in links)})"
-    if links:
-        return f"its consumer {links[0].consumer!r} also reads another layer's outputs"
-    if layer not in structure.order:
-        return "it was not called on the example input"
-    if structure.order.count(layer) > 1:
-        return "it is called more than once per forward pass (a shared module)"
-    start = structure.order.index(layer) + 1
-    for name in structure.order[start:]:
-        nxt = mods[name]
-        if isinstance(nxt, PRUNABLE_TYPES):
-            if isinstance(nxt, CONV_TYPES) and nxt.groups != 1:
-                return f"its consumer {name!r} is a grouped convolution (groups={nxt.groups})"
-            if _plausible_link(m, nxt):
-                single = _fx_single_path(model, [Link(layer, name)])
-                if single is False:
-                    return (
-                        f"its output does not reach {name!r} along one unbranched path "
-                        "(torch.fx found a branch or a join, e.g. a residual connection)"
-                    )
-                if single is None:
-                    return (
-                        f"torch.fx cannot trace the model to prove that its output reaches "
-                        f"{name!r} along one unbranched path; pass the links via structure="
-                    )
-            return f"its {_units(m)} outputs do not map unit by unit onto the inputs of {name!r}"
-        if isinstance(nxt, BATCHNORM_TYPES) and nxt.num_features != _units(m):
-            return f"BatchNorm {name!r} after it has {nxt.num_features} features, not {_units(m)}"
-        if not isinstance(nxt, PASSTHROUGH_TYPES):
-            return (
-                f"its output passes through {name!r} ({type(nxt).__name__}), which the surgery "
-                "cannot follow channel by channel"
-            )
-    return "its outputs are the model's outputs (no layer consumes them)"
-
-
-def following_batchnorms(model: nn.Module, structure: Structure, layer: str) -> tuple[str, ...]:
-    """The BatchNorm modules that normalise the output channels of ``layer``.
-
-    For a linked layer these are the BatchNorms on the link; otherwise the BatchNorm called
-    right after ``layer`` (same number of features), if any.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from prunelab.structure import trace_structure
-        >>> m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 2, 1))
-        >>> following_batchnorms(m, trace_structure(m, torch.zeros(1, 1, 5, 5)), "0")
-        ('1',)
-    """
-    mods = dict(model.named_modules())
-    units = _units(mods[layer])
-    links = [lk for lk in surgery_links(structure) if lk.producer == layer]
-    if links:
-        return tuple(
-            b for b in links[0].between
-            if isinstance(mods[b], BATCHNORM_TYPES) and mods[b].num_features == units
-        )  # fmt: skip
-    if layer not in structure.order:
-        return ()
-    i = structure.order.index(layer) + 1
-    if i < len(structure.order):
-        nxt = mods[structure.order[i]]
-        if isinstance(nxt, BATCHNORM_TYPES) and nxt.num_features == units:
-            return (structure.order[i],)
-    return ()
-
-
 # ----------------------------------------------------------------------------- planning
 
 
@@ -403,7 +223,7 @@ def _plan(mods: Mapping[str, nn.Module], links: list[Link]) -> _Plan:
             if n not in weights:
                 weights[n] = effective_tensor(mods[n]).detach().clone()
     out_keep = {
-        lk.producer: torch.ones(_units(mods[lk.producer]), dtype=torch.bool) for lk in links
+        lk.producer: torch.ones(out_units(mods[lk.producer]), dtype=torch.bool) for lk in links
     }
     kept_constant: dict[str, set[int]] = {}
     kept_last: dict[str, set[int]] = {}
@@ -418,7 +238,7 @@ def _plan(mods: Mapping[str, nn.Module], links: list[Link]) -> _Plan:
         changed = False
         for lk in links:
             p = mods[lk.producer]
-            units = _units(p)
+            units = out_units(p)
             wp = weights[lk.producer].reshape(units, -1)
             has_in = wp.ne(0).any(dim=1).tolist()
             wc = weights[lk.consumer]
@@ -428,7 +248,7 @@ def _plan(mods: Mapping[str, nn.Module], links: list[Link]) -> _Plan:
             has_out = wc.reshape(wc.shape[0], units, -1).ne(0).any(dim=2).any(dim=0).tolist()
             bias = (
                 effective_tensor(p, "bias").detach().tolist()
-                if _raw(p, "bias") is not None
+                if raw_parameter(p, "bias", missing_ok=True) is not None
                 else None
             )
             keep = out_keep[lk.producer]
@@ -484,7 +304,7 @@ def _new_layer(
     old: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None, keep_masks: bool
 ) -> nn.Module:
     """A plain layer of the same type holding ``old``'s kept rows and columns."""
-    w = _raw(old, "weight").detach()
+    w = raw_parameter(old, "weight", missing_ok=True).detach()
     wmask = get_mask(old, "weight")
     if rows is not None:
         w = w[rows]
@@ -492,7 +312,7 @@ def _new_layer(
     if cols is not None:
         w = w[:, cols]
         wmask = wmask[:, cols] if wmask is not None else None
-    b = _raw(old, "bias")
+    b = raw_parameter(old, "bias", missing_ok=True)
     bmask = get_mask(old, "bias")
     if b is not None and rows is not None:
         b = b.detach()[rows]
@@ -506,16 +326,17 @@ def _new_layer(
             padding=old.padding, dilation=old.dilation, groups=1, bias=b is not None,
             padding_mode=old.padding_mode, **kw,
         )  # fmt: skip
-    _copy_into(new, "weight", w, wmask, _raw(old, "weight").requires_grad, keep_masks)
+    _copy_into(new, "weight", w, wmask, raw_parameter(old, "weight").requires_grad, keep_masks)
     if b is not None:
-        _copy_into(new, "bias", b.detach(), bmask, _raw(old, "bias").requires_grad, keep_masks)
+        grad = raw_parameter(old, "bias").requires_grad
+        _copy_into(new, "bias", b.detach(), bmask, grad, keep_masks)
     new.train(old.training)
     return new
 
 
 def _new_batchnorm(old: nn.Module, rows: torch.Tensor, keep_masks: bool) -> nn.Module:
     kw: dict[str, Any] = {}
-    ref = _raw(old, "weight") if old.affine else old.running_mean
+    ref = raw_parameter(old, "weight", missing_ok=True) if old.affine else old.running_mean
     if ref is not None:
         kw = {"device": ref.device, "dtype": ref.dtype}
     new = nn.utils.skip_init(
@@ -524,7 +345,7 @@ def _new_batchnorm(old: nn.Module, rows: torch.Tensor, keep_masks: bool) -> nn.M
     )  # fmt: skip
     if old.affine:
         for name in ("weight", "bias"):
-            raw = _raw(old, name)
+            raw = raw_parameter(old, name, missing_ok=True)
             mask = get_mask(old, name)
             _copy_into(
                 new,
@@ -586,7 +407,7 @@ def _check_request(
         if reason is not None:
             raise SurgeryError(
                 f"cannot physically remove units of layer {name!r}: {reason} (masking them "
-                "with prunelab.structured.apply_channel_masks still works)"
+                "with prunelab.channel_masks.apply_channel_masks still works)"
             )
         if not bool(mask.any()):
             raise SurgeryError(f"cannot remove every unit of layer {name!r}")
@@ -597,7 +418,7 @@ def _check_request(
             raise SurgeryError(
                 f"units [{shown}] of layer {name!r} still affect {consumer!r}, so removing them "
                 "would change the outputs; mask them first with "
-                "prunelab.structured.apply_channel_masks"
+                "prunelab.channel_masks.apply_channel_masks"
             )
 
 
@@ -622,10 +443,10 @@ def compact_model(
     Args:
         model: the masked network.
         example_input: a batch of real inputs (used to trace the structure and to verify).
-        structure: from :func:`prunelab.structure.trace_structure`; traced when ``None``.
+        structure: from :func:`prunelab.graph.trace_structure`; traced when ``None``.
         keep: optional ``{layer: BoolTensor[units]}`` (structured pruning): the units marked
             False must be removed; they must be dead already (apply
-            :func:`prunelab.structured.apply_channel_masks` first).
+            :func:`prunelab.channel_masks.apply_channel_masks` first).
         keep_masks: keep the masks of the remaining weights (smaller masks, same
             ``torch.nn.utils.prune`` convention); when false every mask of the copy is made
             permanent.
@@ -679,7 +500,7 @@ def compact_model(
                 _set_module(new_model, b, _new_batchnorm(bn, idx.to(dev), keep_masks))
     for name in dict.fromkeys([*rows, *cols]):
         old = new_mods[name]
-        dev = _raw(old, "weight").device
+        dev = raw_parameter(old, "weight", missing_ok=True).device
         r, c = rows.get(name), cols.get(name)
         _set_module(new_model, name, _new_layer(
             old, r.to(dev) if r is not None else None, c.to(dev) if c is not None else None,
@@ -697,8 +518,8 @@ def compact_model(
             if name in rows else ()
         )  # fmt: skip
         layers[name] = LayerSurgery(
-            name, _units(o), _units(n), _inputs(o), _inputs(n), gone,
-            _layer_params(o), _layer_params(n),
+            name, out_units(o), out_units(n), in_units(o), in_units(n), gone,
+            layer_params(o), layer_params(n),
         )  # fmt: skip
     unsupported: dict[str, str] = {}
     for name in dict.fromkeys(structure.layers):

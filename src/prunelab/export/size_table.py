@@ -38,11 +38,7 @@ from prunelab.export.container import (
     effective_state_dict,
 )
 from prunelab.export.csr import csr_matrix_shape
-from prunelab.export.relative_index import (
-    packed_nbytes,
-    relative_entry_counts,
-    resolve_value_dtype,
-)
+from prunelab.export.relative_index import packed_nbytes, relative_entry_counts, resolve_value_dtype
 
 __all__ = ["LayerSize", "format_size_table_markdown", "size_table"]
 

@@ -45,7 +45,7 @@ class VGGSmall(nn.Module):
     under the same load. On a shared machine use one thread. The first cfg tried,
     ``(32, 32, "M", 64, 64, "M", 128, 128, "M")``, needed about 220 s (one thread).
 
-    Modules are named so that :func:`prunelab.structure.trace_structure` links every layer:
+    Modules are named so that :func:`prunelab.graph.trace_structure` links every layer:
     ``features`` (``nn.Sequential`` of Conv2d, BatchNorm2d, ReLU, MaxPool2d) and
     ``classifier`` (``nn.Sequential`` of Flatten, Linear, ReLU, Linear).
 

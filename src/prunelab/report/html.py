@@ -230,7 +230,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     """Write ``report.html`` (self-contained) and one PNG per figure for a run directory.
 
     Args:
-        run_dir: a directory written by :func:`prunelab.runner.run_han` (``summary.json``,
+        run_dir: a directory written by :func:`prunelab.experiments.runner.run_han`
+            (``summary.json``,
             ``log.jsonl``, ``dense_model.safetensors``, ``model.safetensors``; an optional
             ``sensitivity/sensitivity.csv`` from ``prunelab sensitivity RUN_DIR``).
         out_dir: where to write (default: ``run_dir``).
@@ -333,7 +334,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                                  run / "sensitivity" / "sensitivity.csv") if c.exists()), None)
 
     def sens(p: Path) -> Any:
-        from .sensitivity import read_rows_csv
+        from ..experiments.sensitivity import read_rows_csv
 
         rows = read_rows_csv(sens_csv)
         return F.sensitivity_curves(rows, x="q" if rows and rows[0].mode == "q" else "sparsity",

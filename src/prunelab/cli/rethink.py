@@ -44,8 +44,8 @@ def _exit_on_sigterm() -> None:
 
 
 def _cmd_rethink(args: argparse.Namespace) -> int:
-    from .config import load_rethink_config
-    from .sweep import run_sweep
+    from ..experiments.rethink.config import load_rethink_config
+    from ..experiments.rethink.sweep import run_sweep
 
     overrides: dict = {}
     if args.seeds is not None:
@@ -65,7 +65,7 @@ def _cmd_rethink(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .sweep import write_report
+    from ..experiments.rethink.sweep import write_report
 
     agg = write_report(args.sweep_dir)
     print(Path(agg["files"]["table"]).read_text())

@@ -7,21 +7,14 @@ through torch; ``compile_sparse`` makes pruning permanent on a copy of a model a
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from prunelab.sparse import compile_sparse
+    >>> from prunelab.runtime import compile_sparse
     >>> net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     >>> sm = compile_sparse(net, torch.randn(1, 64), repeats=3)
     >>> sorted(d.layer for d in sm.report)
     ['0', '2']
 """
 
-from prunelab.sparse.kernels import (
-    INDEX_DTYPES,
-    SparseLinear,
-    csr_bytes,
-    dense_weight_bytes,
-    make_csr,
-)
-from prunelab.sparse.runtime import (
+from prunelab.runtime.compiler import (
     LayerDecision,
     SparseModel,
     compile_sparse,
@@ -29,6 +22,13 @@ from prunelab.sparse.runtime import (
     make_pruning_permanent,
     measure_samples_us,
     measure_us,
+)
+from prunelab.runtime.kernels import (
+    INDEX_DTYPES,
+    SparseLinear,
+    csr_bytes,
+    dense_weight_bytes,
+    make_csr,
 )
 
 __all__ = [

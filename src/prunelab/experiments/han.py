@@ -32,20 +32,21 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .checkpoint import load_tensors, optimizer_from_flat, optimizer_to_flat, save_tensors
-from .config import (
+from ..checkpoint import load_tensors, optimizer_from_flat, optimizer_to_flat, save_tensors
+from ..config import (
     IterationConfig,
     LRPolicyConfig,
     OptimizerConfig,
     RegularizationConfig,
     RunConfig,
 )
-from .masks import effective_tensor, iter_masks, load_pruned_state_dict, set_mask
-from .metrics import ModelStats, model_stats
-from .pruner import Pruner
-from .retrain_rules import DropoutChange, apply_dropout_rule, freeze_kind
-from .structure import DROPOUT_TYPES, Structure, prune_dead_neurons, trace_structure
-from .training import epoch_seed, evaluate, lr_schedule, make_optimizer, train_epoch
+from ..dead_neurons import prune_dead_neurons
+from ..graph import DROPOUT_TYPES, Structure, trace_structure
+from ..masks import effective_tensor, iter_masks, load_pruned_state_dict, set_mask
+from ..metrics import ModelStats, model_stats
+from ..pruner import Pruner
+from ..retrain_rules import DropoutChange, apply_dropout_rule, freeze_kind
+from ..training import epoch_seed, evaluate, lr_schedule, make_optimizer, train_epoch
 
 __all__ = ["HanPipeline", "PipelineResult", "Reporter", "SilentReporter", "TensorData"]
 

@@ -9,7 +9,7 @@ One *cell* of the experiment is (method, ratio, seed, baseline):
    determines them, so every method and ratio of a seed reuses them; the initial state is
    stored beside them (for the lottery baseline).
 2. **Prune** (:func:`prune`): structured methods compute channel keep-masks, install them
-   with :func:`prunelab.structured.apply_channel_masks` and remove the channels with
+   with :func:`prunelab.channel_masks.apply_channel_masks` and remove the channels with
    :func:`prunelab.surgery.compact_model` (a physically smaller model computing the same
    function); magnitude pruning (unstructured) masks weights of the same architecture.
 3. **Baseline** (:func:`run_baseline`), all on the pruned architecture:
@@ -61,19 +61,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import load_tensors, save_tensors
-from ..criteria import layer_seed
-from ..masks import get_mask, is_masked, set_mask
-from ..metrics import count_parameters, model_stats
-from ..modelfile import load_model_file, save_model_file
-from ..models import build_model
-from ..pruner import prune_model
+from ...channel_masks import apply_channel_masks
+from ...checkpoint import load_tensors, save_tensors
+from ...criteria import layer_seed
+from ...criteria.channels import l1_filter_keep, slimming_keep, thinet_keep
+from ...graph import BATCHNORM_TYPES, Structure, following_batchnorms, trace_structure
+from ...masks import get_mask, is_masked, raw_parameter, set_mask
+from ...metrics import count_parameters, model_stats
+from ...modelfile import load_model_file, save_model_file
+from ...models import build_model
+from ...pruner import prune_model
+from ...selection import CONV_TYPES, LINEAR_TYPES
+from ...surgery import SurgeryReport, compact_model
+from ...training import epoch_seed, evaluate, lr_schedule, make_optimizer, train_epoch
 from ..runner import _norm, load_data
-from ..selection import CONV_TYPES, LINEAR_TYPES
-from ..structure import BATCHNORM_TYPES, Structure, trace_structure
-from ..structured import apply_channel_masks, l1_filter_keep, slimming_keep, thinet_keep
-from ..surgery import SurgeryReport, compact_model, following_batchnorms
-from ..training import epoch_seed, evaluate, lr_schedule, make_optimizer, train_epoch
 from .config import MethodConfig, RethinkConfig
 
 __all__ = [
@@ -197,7 +198,7 @@ def large_key(cfg: RethinkConfig, method: MethodConfig, seed: int) -> dict[str, 
     Methods other than Network Slimming share one large model per seed.
 
     Example:
-        >>> from prunelab.rethink.config import parse_rethink_config
+        >>> from prunelab.experiments.rethink.config import parse_rethink_config
         >>> cfg = parse_rethink_config({"model": {"name": "vgg_small"}, "large": {"epochs": 2},
         ...     "methods": [{"kind": "l1_filter", "ratios": [0.5]},
         ...                 {"kind": "magnitude", "ratios": [0.9]}]})
@@ -240,7 +241,7 @@ def cell_key(
     baseline's settings leaves the other cells valid.
 
     Example:
-        >>> from prunelab.rethink.config import parse_rethink_config
+        >>> from prunelab.experiments.rethink.config import parse_rethink_config
         >>> raw = {"model": {"name": "vgg_small"}, "large": {"epochs": 2},
         ...        "methods": [{"kind": "l1_filter", "ratios": [0.5]}]}
         >>> a = parse_rethink_config(raw)
@@ -326,7 +327,7 @@ class Recipe:
     ``milestones`` empty means a constant learning rate. ``slimming_strength`` > 0 adds the
     Network Slimming sub-gradient ``strength * sign(gamma)`` to the BatchNorm scales passed
     to :func:`train` as ``l1_params`` (the gradient of
-    :func:`prunelab.structured.slimming_penalty`).
+    :func:`prunelab.criteria.channels.slimming_penalty`).
     """
 
     phase: str
@@ -425,11 +426,6 @@ def nonzero_flops(model: nn.Module, example_input: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- initialisation
 
 
-def _raw(module: nn.Module, name: str) -> torch.Tensor | None:
-    if is_masked(module, name):
-        return module._parameters[f"{name}_orig"]
-    return module._parameters.get(name)
-
 
 def _refresh_masks(module: nn.Module) -> None:
     for name in ("weight", "bias"):
@@ -476,7 +472,7 @@ def he_reinit_(model: nn.Module, *, seed: int) -> nn.Module:
             continue
         gen = torch.Generator().manual_seed(layer_seed(seed, name or "<root>"))
         if isinstance(m, LINEAR_TYPES + CONV_TYPES):
-            w = _raw(m, "weight")
+            w = raw_parameter(m, "weight", missing_ok=True)
             mask = get_mask(m, "weight")
             keep = (mask != 0) if mask is not None else torch.ones_like(w, dtype=torch.bool)
             fan = keep.reshape(w.shape[0], -1).sum(dim=1).double()
@@ -484,13 +480,13 @@ def he_reinit_(model: nn.Module, *, seed: int) -> nn.Module:
             draw = torch.randn(w.shape, generator=gen, dtype=torch.float64)
             draw = draw * std.view(-1, *([1] * (w.dim() - 1))) * keep.cpu()
             w.copy_(draw.to(dtype=w.dtype, device=w.device))
-            b = _raw(m, "bias")
+            b = raw_parameter(m, "bias", missing_ok=True)
             if b is not None:
                 b.zero_()
         elif isinstance(m, BATCHNORM_TYPES):
             if m.affine:
-                _raw(m, "weight").fill_(1.0)
-                _raw(m, "bias").zero_()
+                raw_parameter(m, "weight", missing_ok=True).fill_(1.0)
+                raw_parameter(m, "bias", missing_ok=True).zero_()
             m.reset_running_stats()
         elif any(is_masked(m, n[: -len("_orig")]) for n in m._parameters if n.endswith("_orig")):
             raise ValueError(
@@ -588,7 +584,7 @@ def _slimming_params(
     if method.layers is None:
         names = list(bns)
     else:
-        from ..selection import select_layers
+        from ...selection import select_layers
 
         structure = trace_structure(model, example)
         names = []
@@ -744,9 +740,10 @@ def prune(
 ) -> PrunedModel:
     """Prune a copy of ``model`` with ``method`` at ``ratio`` (``model`` is not changed).
 
-    Structured methods: the keep-masks of :func:`prunelab.structured.l1_filter_keep`,
-    :func:`~prunelab.structured.slimming_keep` or :func:`~prunelab.structured.thinet_keep`
-    are installed by :func:`~prunelab.structured.apply_channel_masks` (every selected layer
+    Structured methods: the keep-masks of :func:`prunelab.criteria.channels.l1_filter_keep`,
+    :func:`~prunelab.criteria.channels.slimming_keep` or
+    :func:`~prunelab.criteria.channels.thinet_keep`
+    are installed by :func:`~prunelab.channel_masks.apply_channel_masks` (every selected layer
     must be removable physically) and :func:`prunelab.surgery.compact_model` builds the
     smaller model (it verifies that the two compute the same outputs). Magnitude: the
     ``ratio`` of the smallest weights is masked (:func:`prunelab.pruner.prune_model`),

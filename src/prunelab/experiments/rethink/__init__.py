@@ -6,19 +6,20 @@ trains the pruned architecture four ways: fine-tuning the pruned weights, from s
 the same epochs (Scratch-E) or the same computation (Scratch-B), and from the rewound
 initial weights (lottery ticket).
 
-* :mod:`~prunelab.rethink.config` -- :class:`RethinkConfig` and its YAML loader;
-* :mod:`~prunelab.rethink.protocol` -- the protocol as functions: :func:`get_large_model`,
+* :mod:`~prunelab.experiments.rethink.config` -- :class:`RethinkConfig` and its YAML loader;
+* :mod:`~prunelab.experiments.rethink.protocol` -- the protocol as functions:
+  :func:`get_large_model`,
   :func:`prune`, :func:`run_baseline`, :func:`scratch_b_epochs`, :func:`he_reinit_`,
   :func:`rewind_`;
-* :mod:`~prunelab.rethink.sweep` -- :func:`run_sweep` (resumable, one file per cell) and
+* :mod:`~prunelab.experiments.rethink.sweep` -- :func:`run_sweep` (resumable, one file per cell) and
   :func:`write_report` (table, JSON, plot);
-* :mod:`~prunelab.rethink.cli` -- ``prunelab rethink`` and ``prunelab rethink-report``.
+* :mod:`~prunelab.cli.rethink` -- ``prunelab rethink`` and ``prunelab rethink-report``.
 
 Names are imported lazily, so registering the subcommands imports neither torch nor
 matplotlib.
 
 Example:
-    >>> from prunelab.rethink import scratch_b_epochs
+    >>> from prunelab.experiments.rethink import scratch_b_epochs
     >>> scratch_b_epochs(160, 2.0e8, 1.0e8)
     320
 """
@@ -60,7 +61,7 @@ _WHERE = {
 def __getattr__(name: str) -> Any:
     mod = _WHERE.get(name)
     if mod is None:
-        raise AttributeError(f"module 'prunelab.rethink' has no attribute {name!r}")
+        raise AttributeError(f"module 'prunelab.experiments.rethink' has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
 
 

@@ -20,8 +20,9 @@ fine-tuning and the masked model computes exactly what the physically smaller mo
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from prunelab.structure import trace_structure
+    >>> from prunelab.graph import trace_structure
     >>> from prunelab.surgery import compact_model
+    >>> from prunelab.channel_masks import apply_channel_masks
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
@@ -40,29 +41,32 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .criteria import layer_seed
-from .hooks import eval_forward
-from .masks import effective_tensor, get_mask, is_masked, set_mask
-from .selection import CONV_TYPES, LINEAR_TYPES, LayerValue, per_layer_values, select_layers
-from .structure import BATCHNORM_TYPES, Link, Structure
-from .surgery import (
-    SurgeryError,
-    check_keep_mask,
+from ..graph import (
+    BATCHNORM_TYPES,
+    Link,
+    Structure,
     following_batchnorms,
     surgery_blocker,
     surgery_links,
 )
+from ..hooks import eval_forward
+from ..masks import effective_tensor, get_mask, is_masked, set_mask
+from ..selection import (
+    CONV_TYPES,
+    LINEAR_TYPES,
+    LayerValue,
+    out_units,
+    per_layer_values,
+    select_layers,
+)
+from . import layer_seed
 
 __all__ = [
-    "ChannelMaskResult",
-    "apply_channel_masks",
     "l1_filter_keep",
     "slimming_keep",
     "slimming_penalty",
@@ -70,9 +74,6 @@ __all__ = [
     "thinet_select",
 ]
 
-
-def _units(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, LINEAR_TYPES) else m.out_channels
 
 
 def _drop_count(units: int, ratio: float) -> int:
@@ -246,7 +247,7 @@ def slimming_keep(
     Args:
         model: the network, trained with :func:`slimming_penalty` (not changed).
         ratio: global fraction of the selected channels to drop, in ``[0, 1)``.
-        structure: from :func:`prunelab.structure.trace_structure` (finds each BatchNorm).
+        structure: from :func:`prunelab.graph.trace_structure` (finds each BatchNorm).
         layers: glob pattern(s) over Linear/Conv layer names; all layers followed by a
             BatchNorm when ``None``.
         exclude: glob pattern(s) to leave out.
@@ -263,7 +264,7 @@ def slimming_keep(
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunelab.structure import trace_structure
+        >>> from prunelab.graph import trace_structure
         >>> m = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
         >>> with torch.no_grad():
         ...     _ = m[1].weight.copy_(torch.tensor([0.1, 2.0, 0.05, 1.0]))
@@ -293,7 +294,7 @@ def slimming_keep(
         for n in names:
             if not with_bn.get(n):
                 raise ValueError(
-                    f"layer {n!r} is not followed by a BatchNorm with {_units(mods[n])} "
+                    f"layer {n!r} is not followed by a BatchNorm with {out_units(mods[n])} "
                     "features; Network Slimming ranks channels by BatchNorm scale factors"
                 )
     if not names:
@@ -458,7 +459,7 @@ def thinet_keep(
         model: the network.
         ratio: fraction of channels to drop, one number or ``{pattern: ratio}``, in ``[0, 1)``.
         example_input: a batch of real inputs (keep it modest: the consumer input is unfolded).
-        structure: from :func:`prunelab.structure.trace_structure`.
+        structure: from :func:`prunelab.graph.trace_structure`.
         layers: glob pattern(s); every linked producer (a layer with a consumer) when None.
         exclude: glob pattern(s) to leave out.
         samples: sampled outputs per layer.
@@ -477,7 +478,7 @@ def thinet_keep(
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunelab.structure import trace_structure
+        >>> from prunelab.graph import trace_structure
         >>> m = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
         >>> with torch.no_grad():
         ...     _ = m[0].weight.copy_(torch.eye(3))
@@ -505,7 +506,7 @@ def thinet_keep(
     for name, r in ratios.items():
         lk = link_of[name]
         consumer = mods[lk.consumer]
-        units = _units(mods[name])
+        units = out_units(mods[name])
         gen = torch.Generator().manual_seed(layer_seed(seed, name))
         contrib = _contributions(consumer, lk, inputs[lk.consumer], samples, gen)
         removed = thinet_select(contrib, _drop_count(units, r))
@@ -521,129 +522,3 @@ def thinet_keep(
     return out
 
 
-# ----------------------------------------------------------------------------- masking
-
-
-@dataclass(frozen=True)
-class ChannelMaskResult:
-    """What :func:`apply_channel_masks` did to one layer.
-
-    Attributes:
-        layer: the Linear/Conv layer whose output units were masked.
-        units: its number of output units.
-        removed: indices of the masked units.
-        consumer: the layer whose input columns were masked too (``None``: not linked).
-        batchnorms: BatchNorm modules whose scale and shift were masked.
-        surgery_blocker: why :func:`prunelab.surgery.compact_model` cannot remove these
-            units physically (``None``: it can); masking works either way.
-    """
-
-    layer: str
-    units: int
-    removed: tuple[int, ...]
-    consumer: str | None
-    batchnorms: tuple[str, ...]
-    surgery_blocker: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "layer": self.layer,
-            "units": self.units,
-            "removed": list(self.removed),
-            "consumer": self.consumer,
-            "batchnorms": list(self.batchnorms),
-            "surgery_blocker": self.surgery_blocker,
-        }
-
-
-def _mask_rows(module: nn.Module, name: str, idx: torch.Tensor) -> None:
-    raw = module._parameters[f"{name}_orig"] if is_masked(module, name) else getattr(module, name)
-    if raw is None:
-        return
-    old = get_mask(module, name)
-    mask = old.clone() if old is not None else torch.ones_like(raw)
-    mask[idx.to(mask.device)] = 0
-    set_mask(module, name, mask)
-
-
-def apply_channel_masks(
-    model: nn.Module,
-    keep: Mapping[str, torch.Tensor],
-    structure: Structure,
-    *,
-    require_surgery: bool = False,
-) -> list[ChannelMaskResult]:
-    """Mask whole units: filter rows and bias, BatchNorm scale and shift, consumer columns.
-
-    Everything goes through :func:`prunelab.masks.set_mask` (monotone), so the removed units
-    stay exactly zero during fine-tuning (the optimizer state of masked entries must be
-    cleared with :func:`prunelab.masks.sync_optimizer` if the optimizer already has state).
-    For a linked layer the masked model then equals the one
-    :func:`prunelab.surgery.compact_model` builds. A layer the surgery cannot handle (no
-    consumer, residual join, grouped convolution) is masked only: its rows, bias and the
-    BatchNorm right after it.
-
-    Args:
-        model: the network (modified in place).
-        keep: ``{layer: BoolTensor[out_units]}`` from a criterion; False = remove.
-        structure: from :func:`prunelab.structure.trace_structure`.
-        require_surgery: raise instead of masking when a layer cannot be removed physically.
-
-    Returns:
-        One :class:`ChannelMaskResult` per layer of ``keep``.
-
-    Raises:
-        ValueError: unknown layer, wrong mask shape, or a mask removing every unit.
-        SurgeryError: ``require_surgery`` and a layer the surgery cannot handle (the message
-            names the layer and why).
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from prunelab.structure import trace_structure
-        >>> m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-        >>> s = trace_structure(m, torch.zeros(1, 2))
-        >>> r = apply_channel_masks(m, {"0": torch.tensor([True, False, True])}, s)
-        >>> m[2].weight_mask.tolist(), r[0].consumer
-        ([[1.0, 0.0, 1.0]], '2')
-    """
-    mods = dict(model.named_modules())
-    checked: list[tuple[str, torch.Tensor, str | None]] = []
-    for name, mask in keep.items():
-        mask = check_keep_mask(mods, structure, name, mask)
-        if not bool(mask.any()):
-            raise ValueError(f"keep mask of {name!r} removes every unit; keep at least one")
-        blocker = surgery_blocker(model, structure, name)
-        if blocker is not None and require_surgery and not bool(mask.all()):
-            raise SurgeryError(f"cannot physically remove units of layer {name!r}: {blocker}")
-        checked.append((name, mask, blocker))
-    results = []
-    for name, mask, blocker in checked:
-        idx = torch.nonzero(~mask).flatten()
-        link = next((lk for lk in surgery_links(structure) if lk.producer == name), None)
-        bns = following_batchnorms(model, structure, name)
-        if idx.numel():
-            p = mods[name]
-            _mask_rows(p, "weight", idx)
-            _mask_rows(p, "bias", idx)
-            for b in bns:
-                _mask_rows(mods[b], "weight", idx)
-                _mask_rows(mods[b], "bias", idx)
-            if link is not None:
-                c = mods[link.consumer]
-                old = get_mask(c)
-                cmask = old.clone() if old is not None else torch.ones_like(effective_tensor(c))
-                cmask.view(cmask.shape[0], _units(p), -1)[:, idx.to(cmask.device)] = 0
-                set_mask(c, "weight", cmask)
-        results.append(
-            ChannelMaskResult(
-                layer=name,
-                units=mask.numel(),
-                removed=tuple(int(j) for j in idx),
-                consumer=link.consumer if link is not None else None,
-                batchnorms=bns,
-                surgery_blocker=blocker,
-            )
-        )
-    return results

@@ -36,7 +36,7 @@ import yaml
 from torch import nn
 
 from ..criteria import magnitude_mask
-from ..masks import effective_tensor, get_mask, is_masked
+from ..masks import effective_tensor, get_mask, is_masked, raw_parameter
 from ..selection import select_layers
 from ..training import evaluate
 
@@ -113,10 +113,6 @@ def _check_grid(grid: Iterable[float], mode: str) -> list[float]:
     return values
 
 
-def _raw_weight(module: nn.Module) -> nn.Parameter:
-    """The trainable tensor behind ``weight`` (``weight_orig`` for a masked layer)."""
-    return module._parameters["weight_orig"] if is_masked(module) else module._parameters["weight"]
-
 
 @torch.no_grad()
 def sensitivity_sweep(
@@ -159,7 +155,7 @@ def sensitivity_sweep(
     _, baseline = evaluate(model, x_val, y_val, batch_size=batch_size)
     rows: list[SensitivityRow] = []
     for name, module in chosen.items():
-        param = _raw_weight(module)
+        param = raw_parameter(module)
         saved = param.detach().clone()
         w = effective_tensor(module).detach().clone()
         current = get_mask(module)
@@ -370,7 +366,7 @@ def validation_tensors(
         ValueError: the metadata describes no validation split (``val_size`` 0).
     """
     from ..data import load_dataset
-    from ..runner import _norm
+    from .runner import _norm
 
     ds_meta = dict(meta.get("dataset") or {})
     val_size = int(ds_meta.get("val_size", 5000))
@@ -419,7 +415,7 @@ def run_sensitivity(
     rows = sensitivity_sweep(model, x, y, grid=values, mode=mode, layers=layers)
     out.mkdir(parents=True, exist_ok=True)
     write_rows_csv(rows, out / "sensitivity.csv")
-    from . import figures as F
+    from ..report import figures as F
 
     fig = F.sensitivity_curves(rows, x=mode, budget=budget, path=out / "sensitivity.png",
                                title=f"Sensitivity of {meta['model']['name']} "

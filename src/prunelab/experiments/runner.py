@@ -30,16 +30,16 @@ from typing import Any
 import torch
 import yaml
 
-from .config import RunConfig, config_hash
-from .data import DatasetSplits, load_dataset
-from .masks import load_pruned_state_dict
-from .metrics import ModelStats, model_stats
-from .modelfile import load_model_file, save_model_file
-from .models import build_model
-from .paper import PAPER
-from .pipeline import CHECKPOINT_NAME, HanPipeline, TensorData
-from .progress import JsonlLog, RichReporter
-from .training import evaluate
+from ..config import RunConfig, config_hash
+from ..data import DatasetSplits, load_dataset
+from ..masks import load_pruned_state_dict
+from ..metrics import ModelStats, model_stats
+from ..modelfile import load_model_file, save_model_file
+from ..models import build_model
+from ..paper import PAPER
+from ..progress import JsonlLog, RichReporter
+from ..training import evaluate
+from .han import CHECKPOINT_NAME, HanPipeline, TensorData
 
 __all__ = [
     "RunDirectoryError",
@@ -317,8 +317,8 @@ def load_any_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Modu
     Raises:
         prunelab.checkpoint.CheckpointError: not a prunelab model or export file.
     """
-    from .checkpoint import CheckpointError
-    from .export import ExportFormatError, load_compact
+    from ..checkpoint import CheckpointError
+    from ..export import ExportFormatError, load_compact
 
     try:
         return load_model_file(path, device=device)

@@ -6,7 +6,7 @@ pruned architecture several ways (the *baselines*):
 * ``finetune``: the pruned model's own weights, a small constant learning rate;
 * ``scratch_e``: random initialisation, as many epochs as the large model;
 * ``scratch_b``: random initialisation, the large model's computation budget (epochs scaled
-  by the FLOP ratio, see :func:`prunelab.rethink.protocol.scratch_b_epochs`);
+  by the FLOP ratio, see :func:`prunelab.experiments.rethink.protocol.scratch_b_epochs`);
 * ``lottery``: the surviving weights rewound to the large model's initial values
   (Frankle & Carbin 2019), trained like ``scratch_e``.
 
@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import (
+from ...config import (
     ConfigError,
     ModelConfig,
     _format_errors,
@@ -276,7 +276,7 @@ class RethinkConfig(_Strict):
     @field_validator("model")
     @classmethod
     def _model(cls, v: ModelConfig) -> ModelConfig:
-        from ..models import available_models
+        from ...models import available_models
 
         if v.name not in available_models() and ":" not in v.name:
             raise ValueError(

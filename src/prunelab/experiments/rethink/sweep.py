@@ -5,15 +5,15 @@ A sweep directory holds:
 * ``config.yaml`` -- the resolved configuration of the last run;
 * ``large/<hash>.safetensors`` (+ ``.init.safetensors``, ``.json``) -- cached large models;
 * ``cells/<hash>.json`` -- one finished cell (method, ratio, seed, baseline), written
-  atomically when it is done. The hash is :func:`prunelab.rethink.protocol.key_hash` of
-  :func:`~prunelab.rethink.protocol.cell_key`, i.e. of everything that determines the
+  atomically when it is done. The hash is :func:`prunelab.experiments.rethink.protocol.key_hash` of
+  :func:`~prunelab.experiments.rethink.protocol.cell_key`, i.e. of everything that determines the
   result, so a rerun skips every cell whose file exists and never redoes it, and a changed
   setting gives new hashes only to the cells it affects;
 * ``runs.jsonl`` -- one line per invocation (wall time, cells run and skipped);
 * ``results.json``, ``table.md``, ``plot.png`` -- the aggregate (:func:`write_report`).
 
 Example:
-    >>> from prunelab.rethink.config import parse_rethink_config
+    >>> from prunelab.experiments.rethink.config import parse_rethink_config
     >>> cfg = parse_rethink_config({"model": {"name": "vgg_small"}, "large": {"epochs": 2},
     ...     "seeds": [0, 1], "methods": [{"kind": "l1_filter", "ratios": [0.3, 0.6]},
     ...     {"kind": "magnitude", "ratios": [0.9], "baselines": ["finetune", "lottery"]}]})

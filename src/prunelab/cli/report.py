@@ -57,7 +57,7 @@ def add_tradeoff_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .html import write_report
+    from ..report.html import write_report
 
     try:
         path = write_report(args.run_dir, args.out)
@@ -70,7 +70,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     import torch
 
-    from .sensitivity import run_sensitivity
+    from ..experiments.sensitivity import run_sensitivity
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -90,7 +90,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _cmd_tradeoff(args: argparse.Namespace) -> int:
-    from .tradeoff import run_from_args
+    from ..experiments.tradeoff import run_from_args
 
     return run_from_args(args)
 

@@ -151,8 +151,8 @@ def run_tradeoff(
     """
     from ..models import build_model
     from ..pruner import Pruner, prune_model
-    from ..runner import _norm, load_data
     from ..training import evaluate
+    from .runner import _norm, load_data
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -226,7 +226,7 @@ def run_tradeoff(
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    from . import figures as F
+    from ..report import figures as F
 
     base = {"val": dense_acc["l2"]["val_accuracy"], "test": dense_acc["l2"]["test_accuracy"]}
     fig = F.tradeoff_curves(
@@ -283,10 +283,10 @@ def run_from_args(args: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m prunelab.report.tradeoff``)."""
+    """Stand-alone entry point (``python -m prunelab.experiments.tradeoff``)."""
     import argparse
 
-    from .cli import add_tradeoff_arguments
+    from ..cli.report import add_tradeoff_arguments
 
     p = argparse.ArgumentParser(prog="tradeoff", description=__doc__.split("\n\n")[0])
     add_tradeoff_arguments(p)

@@ -2,7 +2,7 @@
 
 :func:`compile_sparse` deep-copies a model, makes ``torch.nn.utils.prune`` masks permanent
 (``weight = weight_orig * weight_mask``), and for every ``nn.Linear`` that the example input
-reaches times dense ``F.linear`` against the sparse kernels of :mod:`prunelab.sparse.kernels`
+reaches times dense ``F.linear`` against the sparse kernels of :mod:`prunelab.runtime.kernels`
 *on that layer's real input*. A sparse kernel replaces the layer only if it is at least
 ``min_speedup`` times faster. The whole model is then timed against the all-dense copy and, if
 the mixed model is not faster (or its output differs), the all-dense copy is returned instead,
@@ -12,7 +12,7 @@ model must win by ``min_model_speedup``, default ``min_speedup``, to be kept).
 Batch size matters: a batch-1 GEMV is bound by weight traffic (where CSR wins big), while a
 batch-64 GEMM is compute-bound with good weight reuse (where dense BLAS is hard to beat). The
 decision holds for the example input's batch size and thread count; compile once per serving
-batch size. Convolutions are kept dense (see :mod:`prunelab.sparse.kernels`).
+batch size. Convolutions are kept dense (see :mod:`prunelab.runtime.kernels`).
 
 Example:
     >>> import torch
@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import prune
 
-from prunelab.sparse.kernels import SparseLinear
+from prunelab.runtime.kernels import SparseLinear
 
 __all__ = [
     "CANDIDATES",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["BUILTIN_CONFIGS", "builtin_config_path", "main"]
 
@@ -46,19 +46,19 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from ..config import load_config
 
     return _execute(load_config(args.config, _overrides(args)), args)
 
 
 def _execute(cfg: object, args: argparse.Namespace) -> int:
-    from .runner import run_han
+    from ..experiments.runner import run_han
 
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-seed{cfg.seed}"
     after = None
     if not getattr(args, "no_report", True):
         try:
-            from .report import write_report
+            from ..report import write_report
 
             def after(out_dir: Path, summary: dict) -> None:
                 write_report(out_dir)
@@ -72,7 +72,7 @@ def _execute(cfg: object, args: argparse.Namespace) -> int:
 def _print_summary(summary: dict, out: Path) -> None:
     from rich.console import Console
 
-    from .paper import PAPER
+    from ..paper import PAPER
 
     console = Console()
     paper = PAPER.get(summary["model"])
@@ -93,13 +93,13 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from ..config import load_config
 
     return _execute(load_config(builtin_config_path(args.experiment), _overrides(args)), args)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .runner import evaluate_model_file
+    from ..experiments.runner import evaluate_model_file
 
     res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device)
     if args.json:
@@ -117,7 +117,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .runner import evaluate_model_file
+    from ..experiments.runner import evaluate_model_file
 
     res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device)
     stats = res["stats"]
@@ -196,15 +196,10 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands contributed by optional modules (export, report, sensitivity, rethink)."""
-    found = []
-    for mod_name in ("export.cli", "report.cli", "rethink.cli"):
-        try:
-            mod = __import__(f"prunelab.{mod_name}", fromlist=["register"])
-        except ImportError:
-            continue
-        found.append(mod.register)
-    return found
+    """Subcommands registered by the modules beside this one (export, report, rethink)."""
+    from . import export, report, rethink
+
+    return [export.register, report.register, rethink.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 2 for user errors (bad config, missing file).
     """
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DatasetError
-    from .runner import RunDirectoryError
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..data import DatasetError
+    from ..experiments.runner import RunDirectoryError
 
     parser = build_parser(_extra_commands())
     args = parser.parse_args(argv)

@@ -1,0 +1,37 @@
+"""The layer graph of a model: who consumes whose outputs, and what that allows.
+
+:func:`trace_structure` finds producer -> consumer links of Linear/Conv layers by running
+one example batch (and checks them with ``torch.fx``); the queries in
+:mod:`prunelab.graph.queries` say which links allow removing units, which BatchNorms
+follow a layer, and why a layer's units cannot be removed.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> [(lk.producer, lk.consumer) for lk in surgery_links(trace_structure(m, torch.zeros(1, 4)))]
+    [('0', '2')]
+"""
+
+from .queries import check_keep_mask, following_batchnorms, surgery_blocker, surgery_links
+from .trace import (
+    BATCHNORM_TYPES,
+    DROPOUT_TYPES,
+    PASSTHROUGH_TYPES,
+    Link,
+    Structure,
+    trace_structure,
+)
+
+__all__ = [
+    "BATCHNORM_TYPES",
+    "DROPOUT_TYPES",
+    "PASSTHROUGH_TYPES",
+    "Link",
+    "Structure",
+    "check_keep_mask",
+    "following_batchnorms",
+    "surgery_blocker",
+    "surgery_links",
+    "trace_structure",
+]
