@@ -2,7 +2,7 @@
 
 Both loops see the same model architecture, the same in-memory data, the same batches and
 the same optimizer (SGD, momentum 0.9, weight decay 5e-4). The plain loop trains an unpruned
-copy with a minimal hand-written loop; prunelab's loop is ``prunelab.training.train_epoch``
+copy with a minimal hand-written loop; prunelab's loop is ``prunelab.training.Trainer``
 on a copy pruned to 90% sparsity (masks enforced by forward pre-hooks). Repetitions alternate
 between the two (ABAB...) so that machine noise hits both alike; the ratio of medians is
 printed as JSON.
@@ -23,10 +23,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from prunelab.data import load_dataset
+from prunelab.data import TensorBatches, load_dataset
 from prunelab.models import build_model
 from prunelab.pruner import prune_model
-from prunelab.training import train_epoch
+from prunelab.training import Trainer
 
 
 def plain_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
@@ -68,16 +68,16 @@ def main() -> None:
     opt_plain, opt_masked = sgd(plain), sgd(masked)
     # Warm-up (allocator, kernels) for both.
     plain_epoch(plain, opt_plain, x[:2048], y[:2048], args.batch_size, 0)
-    train_epoch(masked, opt_masked, x[:2048], y[:2048], batch_size=args.batch_size,
-                lr_at=lambda s: 0.01, seed=0)
+    trainer = Trainer(masked, opt_masked, lr_at=lambda s: 0.01)
+    trainer.train_epoch(TensorBatches(x[:2048], y[:2048], batch_size=args.batch_size), seed=0)
+    batches = TensorBatches(x, y, batch_size=args.batch_size)
     t_plain, t_masked = [], []
     for rep in range(args.reps):
         t0 = time.perf_counter()
         plain_epoch(plain, opt_plain, x, y, args.batch_size, rep)
         t_plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        train_epoch(masked, opt_masked, x, y, batch_size=args.batch_size,
-                    lr_at=lambda s: 0.01, seed=rep)
+        trainer.train_epoch(batches, seed=rep)
         t_masked.append(time.perf_counter() - t0)
     result = {
         "model": args.model,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunelab.config import RunConfig, parse_config
-from prunelab.experiments.han import TensorData
+from prunelab.data import TensorSplits
 
 IMAGE = (1, 8, 8)
 
@@ -51,7 +51,7 @@ def build_convnet(seed: int = 0) -> nn.Sequential:
     )
 
 
-def make_data(n_train: int = 96, n_val: int = 32, classes: int = 4, seed: int = 0) -> TensorData:
+def make_data(n_train: int = 96, n_val: int = 32, classes: int = 4, seed: int = 0) -> TensorSplits:
     """Linearly separable 1x8x8 images: a fixed random template per class plus small noise."""
     g = torch.Generator().manual_seed(seed)
     templates = torch.randn(classes, *IMAGE, generator=g)
@@ -63,7 +63,7 @@ def make_data(n_train: int = 96, n_val: int = 32, classes: int = 4, seed: int = 
 
     x_train, y_train = split(n_train)
     x_val, y_val = split(n_val)
-    return TensorData(x_train, y_train, x_val, y_val)
+    return TensorSplits(x_train, y_train, x_val, y_val)
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def x8() -> torch.Tensor:
 
 
 @pytest.fixture
-def data() -> TensorData:
+def data() -> TensorSplits:
     """Synthetic separable data (96 train, 32 validation, 4 classes)."""
     return make_data()
 
@@ -151,6 +151,6 @@ def convnet_factory() -> Callable[..., nn.Sequential]:
 
 
 @pytest.fixture
-def data_factory() -> Callable[..., TensorData]:
+def data_factory() -> Callable[..., TensorSplits]:
     """``make_data`` as a fixture."""
     return make_data

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from prunelab.checkpoint import CheckpointError, load_tensors, save_tensors
 from prunelab.experiments.han import CHECKPOINT_NAME, HanPipeline, SilentReporter
 from prunelab.masks import get_mask
+from prunelab.records import DropoutEvent, EpochRecord, PruneEvent
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -40,12 +41,13 @@ class _InterruptAfter(SilentReporter):
             raise _InterruptedError(f"stopped after epoch {self.n}")
 
 
-def _untimed(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
+def _untimed(history: list[EpochRecord]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in h.to_dict().items() if k != "time_s"} for h in history]
 
 
-def _epochs(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [h for h in history if h["kind"] == "epoch"]
+def _epochs(history: list[EpochRecord]) -> list[dict[str, Any]]:
+    assert all(isinstance(h, EpochRecord) for h in history)
+    return [h.to_dict() for h in history]
 
 
 # ------------------------------------------------------------------------------ behaviour
@@ -112,16 +114,16 @@ def test_reinit_false_keeps_surviving_weights(mlp_factory, data, config_factory,
         kept = get_mask(layer) != 0
         same = torch.equal(layer.weight_orig.detach()[kept], dense[kept])
         assert same is not reinit, name
-    assert any(e.get("reinit") for e in result.events) is reinit
+    assert any(isinstance(e, PruneEvent) and e.reinit for e in result.events) is reinit
 
 
 def test_dropout_event_records_the_rule(mlp_factory, data, config_factory):
     cfg = config_factory(prune={"schedule": [{"sparsity": 0.75, "epochs": 1}]})
     model = mlp_factory(dropout=0.5)
     result = HanPipeline(model, cfg, data).run()
-    events = [e for e in result.events if e["kind"] == "dropout"]
-    assert len(events) == 1 and events[0]["iteration"] == 1
-    (change,) = events[0]["changes"]
+    events = [e for e in result.events if isinstance(e, DropoutEvent)]
+    assert len(events) == 1 and events[0].iteration == 1
+    (change,) = events[0].changes
     assert (change["dropout"], change["layer"], change["original"]) == ("drop1", "fc2", 0.5)
     assert change["connections_dense"] == 512
     assert change["connections_now"] == int((get_mask(model.fc2) != 0).sum())
@@ -252,7 +254,8 @@ def test_freeze_conv_keeps_batchnorm_statistics_and_unfreezes_after(tmp_path):
     from torch import nn
 
     from prunelab.config import parse_config
-    from prunelab.experiments.han import HanPipeline, TensorData
+    from prunelab.data import TensorSplits
+    from prunelab.experiments.han import HanPipeline
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
@@ -262,7 +265,7 @@ def test_freeze_conv_keeps_batchnorm_statistics_and_unfreezes_after(tmp_path):
                         "prune": {"method": "magnitude",
                                   "retrain": {"freeze": "conv", "keep_best": False},
                                   "schedule": [{"sparsity": 0.5, "epochs": 2}]}})
-    pipe = HanPipeline(model, cfg, TensorData(x, y, x, y))
+    pipe = HanPipeline(model, cfg, TensorSplits(x, y, x, y))
     seen = {}
 
     class Spy(SilentReporter):

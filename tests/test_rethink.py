@@ -14,10 +14,10 @@ from torch import nn
 
 from prunelab.cli.rethink import parse_seeds
 from prunelab.config import ConfigError
+from prunelab.data import TensorSplits
 from prunelab.experiments.rethink import protocol, sweep
 from prunelab.experiments.rethink.config import MethodConfig, RethinkConfig, parse_rethink_config
 from prunelab.experiments.rethink.protocol import (
-    RethinkData,
     baseline_epochs,
     baseline_model,
     cell_key,
@@ -28,7 +28,7 @@ from prunelab.experiments.rethink.protocol import (
     prune,
     scratch_b_epochs,
 )
-from prunelab.experiments.runner import RunDirectoryError
+from prunelab.experiments.rundir import RunDirectoryError
 from prunelab.masks import set_mask
 from prunelab.models import build_model
 
@@ -62,7 +62,7 @@ def _config(**over: Any) -> RethinkConfig:
     return parse_rethink_config(_raw_config(**over))
 
 
-def _data(n_train: int = 96, n_eval: int = 32, seed: int = 0) -> RethinkData:
+def _data(n_train: int = 96, n_eval: int = 32, seed: int = 0) -> TensorSplits:
     """Separable 1x8x8 images: a fixed template per class plus noise (4 classes)."""
     g = torch.Generator().manual_seed(seed)
     templates = torch.randn(4, 1, 8, 8, generator=g)
@@ -71,7 +71,7 @@ def _data(n_train: int = 96, n_eval: int = 32, seed: int = 0) -> RethinkData:
         y = torch.arange(n) % 4
         return templates[y] + 0.3 * torch.randn(n, 1, 8, 8, generator=g), y
 
-    return RethinkData(*split(n_train), *split(n_eval), *split(n_eval), meta={"name": "synth"})
+    return TensorSplits(*split(n_train), *split(n_eval), *split(n_eval), meta={"name": "synth"})
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, load_tensors, save_tensors
 from .masks import load_pruned_state_dict
 from .models import build_model
 
-__all__ = ["load_model_file", "save_model_file"]
+__all__ = ["load_any_model", "load_model_file", "save_model_file"]
 
 
 def save_model_file(
@@ -83,3 +83,25 @@ def load_model_file(
         if name in mods:
             mods[name].p = p
     return model.to(torch.device(device)), meta
+
+
+def load_any_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load a model file, or a compact export (Han relative-index, CSR, dense) of one.
+
+    Raises:
+        prunelab.checkpoint.CheckpointError: not a prunelab model or export file.
+    """
+    from .export import ExportFormatError, load_compact
+
+    try:
+        return load_model_file(path, device=device)
+    except CheckpointError as exc:
+        try:
+            state, info = load_compact(path)
+        except (ExportFormatError, FileNotFoundError):
+            raise exc from None
+    if "model" not in info:
+        raise CheckpointError(f"{str(path)!r} is a compact export without a model description")
+    model = build_model(info["model"]["name"], **info["model"].get("kwargs", {}))
+    model.load_state_dict(state)
+    return model.to(device), info

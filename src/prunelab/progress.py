@@ -22,6 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .records import BestEpochEvent, DropoutEvent, EpochRecord, Event, PruneEvent
+
 __all__ = ["JsonlLog", "RichReporter"]
 
 
@@ -78,53 +80,50 @@ class RichReporter:
         if self._progress is not None:
             self._progress.advance(self._task)
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: EpochRecord) -> None:
         """Log an epoch record and print its line."""
         if self.log is not None:
-            self.log.append(record)
+            self.log.append(record.to_dict())
         if self.quiet:
             return
+        r = record
         line = (
-            f"{record['phase']:>7} it {record['iteration']} ep {record['epoch']:>3}  "
-            f"loss {record['loss']:.4f}  train {100 * record['train_accuracy']:.2f}%  "
-            f"val {100 * record['val_accuracy']:.2f}%  lr {record['lr']:.2e}  "
-            f"({record['time_s']:.1f}s)"
+            f"{r.phase:>7} it {r.iteration} ep {r.epoch:>3}  loss {r.loss:.4f}  "
+            f"train {100 * r.train_accuracy:.2f}%  val {100 * r.val_accuracy:.2f}%  "
+            f"lr {r.lr:.2e}  ({r.time_s:.1f}s)"
         )
         if self._progress is not None:
             self._progress.update(
-                self._task,
-                info=f"loss {record['loss']:.3f} val {100 * record['val_accuracy']:.2f}%",
+                self._task, info=f"loss {r.loss:.3f} val {100 * r.val_accuracy:.2f}%"
             )
             self._progress.console.print(line)
         else:
             self.console.print(line)
 
-    def event(self, record: dict[str, Any]) -> None:
+    def event(self, record: Event) -> None:
         """Log an event (prune, dropout change, best epoch) and print a summary."""
         if self.log is not None:
-            self.log.append(record)
+            self.log.append(record.to_dict())
         if self.quiet:
             return
-        if record["kind"] == "prune":
+        if isinstance(record, PruneEvent):
             parts = ", ".join(
-                f"{r['layer']} {100 * (1 - r['sparsity_after']):.1f}%"
-                for r in record["layers"]
+                f"{r['layer']} {100 * (1 - r['sparsity_after']):.1f}%" for r in record.layers
             )
-            dead = record.get("dead_neurons") or {}
-            removed = sum(v["removed"] for v in dead.values())
+            removed = sum(v["removed"] for v in (record.dead_neurons or {}).values())
             self.console.print(
-                f"[cyan]prune {record['iteration']}[/]: weights kept {parts}"
+                f"[cyan]prune {record.iteration}[/]: weights kept {parts}"
                 + (f"; dead neurons removed: {removed}" if removed else "")
             )
-        elif record["kind"] == "dropout":
+        elif isinstance(record, DropoutEvent):
             parts = ", ".join(
-                f"{c['dropout']} {c['original']:.3f}->{c['retrain']:.3f}" for c in record["changes"]
+                f"{c['dropout']} {c['original']:.3f}->{c['retrain']:.3f}" for c in record.changes
             )
             self.console.print(f"[cyan]dropout rule[/]: {parts}")
-        elif record["kind"] == "best_epoch":
+        elif isinstance(record, BestEpochEvent):
             self.console.print(
-                f"[cyan]phase {record['iteration']}[/]: kept epoch {record['epoch']} "
-                f"(best validation accuracy {100 * record['val_accuracy']:.2f}%)"
+                f"[cyan]phase {record.iteration}[/]: kept epoch {record.epoch} "
+                f"(best validation accuracy {100 * record.val_accuracy:.2f}%)"
             )
 
     def phase_end(self) -> None:

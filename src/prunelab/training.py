@@ -1,26 +1,35 @@
-"""A readable, fast training loop over in-memory tensors.
+"""The one training seam: every training run of prunelab goes through :class:`Trainer`.
 
-No per-sample Python: each batch is a slice of a tensor held in memory, shuffled by a
-permutation drawn from a generator seeded with ``(seed, phase, epoch)``, so every epoch is a
-pure function of the state at its start (which is what makes resuming exact).
+A :class:`Trainer` takes the model, its optimizer, an iterable of ``(inputs, targets)``
+batches (a ``DataLoader`` or the fast in-memory :class:`prunelab.data.TensorBatches`), a loss
+function and callbacks; it knows nothing of datasets or of pruning schedules. Masks are kept
+exact with :func:`prunelab.masks.masked_training` (pruned weights and their gradients are
+exactly zero at every step, and a callback may change masks between steps). The Han
+pipeline, the rethinking protocol and the trade-off experiment all train through it.
 
-Learning-rate policies are pure functions of the step within a phase (Caffe's ``inv``,
-``step``, ``cosine``, ``constant``), so a resumed run needs only the step count.
+Randomness: :meth:`Trainer.train_epoch` takes the epoch's seed; it seeds the global RNG
+(dropout) and the batcher's permutation (``set_epoch``), so an epoch is a pure function of
+the state at its start and its seed (:func:`epoch_seed` of run seed, phase and epoch).
+
+In your own loop, nothing of this is needed: a pruned model trains like any model, and
+after a mask change you call :func:`prunelab.masks.sync_optimizer` (or pass
+``optimizer=`` to :meth:`prunelab.pruner.Pruner.step`) so the optimizer state of newly
+pruned entries is cleared.
 
 Example:
     >>> import torch
     >>> from torch import nn
+    >>> from prunelab.data import TensorBatches
     >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
     >>> model = nn.Linear(4, 2)
     >>> opt = make_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9)
-    >>> stats = train_epoch(model, opt, x, y, batch_size=16, lr_at=lambda s: 0.1, seed=0)
-    >>> stats.steps
-    4
+    >>> stats = Trainer(model, opt).train_epoch(TensorBatches(x, y, batch_size=16), seed=0)
+    >>> stats.steps, stats.examples
+    (4, 64)
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,67 +37,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.batches import TensorBatches
 from .masks import masked_training
 
 __all__ = [
-    "LR_POLICIES",
     "OPTIMIZERS",
+    "Callback",
     "EpochStats",
+    "Trainer",
     "epoch_seed",
     "evaluate",
-    "lr_schedule",
+    "evaluate_batches",
     "make_optimizer",
-    "train_epoch",
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
-LR_POLICIES: tuple[str, ...] = ("constant", "inv", "step", "multistep", "cosine")
 
-
-def lr_schedule(
-    policy: str,
-    base_lr: float,
-    total_steps: int,
-    *,
-    gamma: float = 0.1,
-    power: float = 0.75,
-    milestones: Sequence[float] = (),
-    min_lr: float = 0.0,
-) -> Callable[[int], float]:
-    """Return ``lr(step)`` for a policy.
-
-    Args:
-        policy: ``"constant"``; ``"inv"`` (Caffe: ``base * (1 + gamma*step)^-power``);
-            ``"step"``/``"multistep"`` (multiply by ``gamma`` at each milestone, given as
-            fractions of the phase in (0, 1), e.g. ``(0.5, 0.75)`` as in Liu et al.);
-            ``"cosine"`` (from ``base_lr`` to ``min_lr``).
-        base_lr: initial learning rate.
-        total_steps: steps in the phase (for fractions and cosine).
-
-    Raises:
-        ValueError: unknown policy or bad values.
-
-    Example:
-        >>> f = lr_schedule("inv", 0.01, 10000, gamma=1e-4, power=0.75)
-        >>> round(f(10000), 6)
-        0.005946
-    """
-    if policy not in LR_POLICIES:
-        raise ValueError(f"lr policy {policy!r} is unknown; allowed: {LR_POLICIES}")
-    if not base_lr > 0:
-        raise ValueError(f"learning rate {base_lr!r} must be > 0")
-    total = max(1, int(total_steps))
-    if policy == "constant":
-        return lambda step: base_lr
-    if policy == "inv":
-        return lambda step: base_lr * (1.0 + gamma * step) ** (-power)
-    if policy in ("step", "multistep"):
-        bad = [m for m in milestones if not 0 < m < 1]
-        if bad:
-            raise ValueError(f"lr milestones {bad} must be fractions of the phase in (0, 1)")
-        points = sorted(round(m * total) for m in milestones)
-        return lambda step: base_lr * gamma ** sum(step >= p for p in points)
-    return lambda step: min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * step / total))
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_optimizer(
@@ -135,113 +101,245 @@ def epoch_seed(seed: int, phase: int, epoch: int) -> int:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Mean loss and accuracy over the epoch's training batches."""
+    """Means over one epoch's training batches.
+
+    Attributes:
+        loss: mean loss per example.
+        accuracy: fraction of examples whose arg-max output equals the target (classification).
+        steps: optimizer steps taken.
+        lr: learning rate of the last step.
+        examples: examples seen.
+    """
 
     loss: float
     accuracy: float
     steps: int
     lr: float
+    examples: int
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    batch_size: int,
-    lr_at: Callable[[int], float],
-    seed: int,
-    step0: int = 0,
-    l1: float = 0.0,
-    l1_params: Sequence[nn.Parameter] = (),
-    on_batch: Callable[[int, int], None] | None = None,
-    eval_modules: Sequence[nn.Module] = (),
-) -> EpochStats:
-    """Train one epoch over in-memory tensors.
+class Callback:
+    """Hooks a :class:`Trainer` calls; override the ones you need (all do nothing here).
+
+    ``on_step_end`` runs after the optimizer step and the mask re-application, so a callback
+    may change masks there (gradual pruning): the next forward pass uses the new masks.
+
+    Example:
+        >>> class CountSteps(Callback):
+        ...     def __init__(self):
+        ...         self.steps = 0
+        ...     def on_step_end(self, trainer, step):
+        ...         self.steps += 1
+        >>> CountSteps().steps
+        0
+    """
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        """After optimizer step ``step`` (counted within the trainer's phase, from 0)."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, stats: EpochStats) -> None:
+        """After epoch ``epoch`` (from 0) of :meth:`Trainer.fit`."""
+
+
+class Trainer:
+    """Train a model on batches, keeping its masks exact.
 
     Args:
-        model: the network, already on the data's device.
-        optimizer: its optimizer.
-        x: inputs, ``[N, ...]``.
-        y: integer labels, ``[N]``.
-        batch_size: mini-batch size (the last batch may be smaller).
-        lr_at: learning rate of a step within the phase.
-        seed: seeds the shuffle permutation and the global RNG (dropout) of this epoch.
-        step0: phase step count at the start of the epoch.
-        l1: L1 penalty strength; its subgradient ``l1 * sign(w)`` is added to the gradients
-            of ``l1_params`` (pruned entries are zero, so their sign is zero).
-        l1_params: parameters the L1 penalty acts on.
-        on_batch: progress callback ``(batch_index, num_batches)``.
-        eval_modules: submodules kept in eval mode (e.g. frozen BatchNorm layers, whose
-            running statistics must not change).
+        model: the network, on the batches' device.
+        optimizer: its optimizer (built on the parameters to train).
+        loss_fn: ``loss_fn(outputs, targets)``, a mean over the batch (cross-entropy by
+            default).
+        lr_at: learning rate of a step within the phase; the optimizer's own rate when
+            ``None``. A param group's ``lr_scale`` multiplies it.
+        l1: L1 penalty strength: ``l1 * sign(w)`` is added to the gradients of
+            ``l1_params`` (Han's L1 regulariser; Network Slimming's penalty on BatchNorm
+            scales). Pruned entries are zero, so their sign adds nothing.
+        l1_params: the parameters the L1 penalty acts on.
+        grad_clip: clip the global gradient norm to this value (``None``: no clipping);
+            pruned entries have zero gradient, so they do not count.
+        eval_modules: submodules kept in eval mode while training (frozen BatchNorm layers,
+            whose running statistics must not change).
+        callbacks: :class:`Callback` objects, called in order.
+        on_batch: ``on_batch(batch_index)`` after each step (progress bars).
 
-    Returns:
-        :class:`EpochStats` (loss and accuracy averaged over samples).
+    Raises:
+        ValueError: a negative ``l1`` or a ``grad_clip`` that is not positive.
     """
-    model.train()
-    for m in eval_modules:
-        m.eval()
-    n = x.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout draws of this epoch
-    perm = torch.randperm(n, generator=gen).to(x.device)
-    num_batches = math.ceil(n / batch_size)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    lr = lr_at(step0)
-    with masked_training(model, optimizer) as after_step:
-        for b in range(num_batches):
-            lr = _train_step(model, optimizer, x, y, perm, b, batch_size, lr_at, step0, l1,
-                             l1_params, loss_sum, correct)
-            after_step()
-            if on_batch is not None:
-                on_batch(b, num_batches)
-    return EpochStats(float(loss_sum) / n, float(correct) / n, num_batches, lr)
 
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        loss_fn: LossFn = F.cross_entropy,
+        lr_at: Callable[[int], float] | None = None,
+        l1: float = 0.0,
+        l1_params: Sequence[nn.Parameter] = (),
+        grad_clip: float | None = None,
+        eval_modules: Sequence[nn.Module] = (),
+        callbacks: Sequence[Callback] = (),
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if not l1 >= 0:
+            raise ValueError(f"l1={l1!r} is invalid; allowed: a strength >= 0")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip={grad_clip!r} is invalid; allowed: None or > 0")
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.lr_at = lr_at
+        self.l1 = float(l1)
+        self.l1_params = list(l1_params)
+        self.grad_clip = grad_clip
+        self.eval_modules = list(eval_modules)
+        self.callbacks = list(callbacks)
+        self.on_batch = on_batch
+        self.step = 0
 
-def _train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    perm: torch.Tensor,
-    b: int,
-    batch_size: int,
-    lr_at: Callable[[int], float],
-    step0: int,
-    l1: float,
-    l1_params: Sequence[nn.Parameter],
-    loss_sum: torch.Tensor,
-    correct: torch.Tensor,
-) -> float:
-    """One optimizer step on batch ``b`` of the permutation; accumulates loss and hits."""
-    idx = perm[b * batch_size : (b + 1) * batch_size]
-    xb, yb = x[idx], y[idx]
-    lr = lr_at(step0 + b)
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-    out = model(xb)
-    loss = F.cross_entropy(out, yb)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if l1 > 0:
-        with torch.no_grad():
-            for p in l1_params:
-                if p.grad is not None:
-                    p.grad.add_(torch.sign(p), alpha=l1)
-    optimizer.step()
-    with torch.no_grad():
-        loss_sum += loss.detach() * yb.shape[0]
-        correct += (out.argmax(1) == yb).sum()
-    return lr
+    def _set_lr(self) -> float:
+        if self.lr_at is None:
+            return float(self.optimizer.param_groups[0]["lr"])
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def train_epoch(
+        self, batches: Batches, *, seed: int | None = None, step0: int | None = None
+    ) -> EpochStats:
+        """Train one pass over ``batches``.
+
+        Args:
+            batches: iterable of ``(inputs, targets)``; its ``set_epoch(seed)`` is called when
+                it has one (:class:`prunelab.data.TensorBatches`, a ``DistributedSampler``
+                wrapper).
+            seed: the epoch's seed: seeds the global RNG (dropout draws) and the batches'
+                permutation; ``None`` leaves both as they are.
+            step0: the phase step at the start of the epoch (for ``lr_at``); default: go on
+                from the last step.
+
+        Returns:
+            :class:`EpochStats`.
+        """
+        model, opt = self.model, self.optimizer
+        model.train()
+        for m in self.eval_modules:
+            m.eval()
+        if seed is not None:
+            torch.manual_seed(seed)
+            if hasattr(batches, "set_epoch"):
+                batches.set_epoch(seed)
+        if step0 is not None:
+            self.step = int(step0)
+        loss_sum = correct = None
+        examples = steps = 0
+        lr = self._set_lr() if self.lr_at is not None else float(opt.param_groups[0]["lr"])
+        with masked_training(model, opt) as after_step:
+            for b, (xb, yb) in enumerate(batches):
+                lr = self._set_lr()
+                out = model(xb)
+                loss = self.loss_fn(out, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.l1 > 0:
+                    with torch.no_grad():
+                        for p in self.l1_params:
+                            if p.grad is not None:
+                                p.grad.add_(torch.sign(p), alpha=self.l1)
+                if self.grad_clip is not None:
+                    params = [p for g in opt.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                opt.step()
+                after_step()
+                with torch.no_grad():
+                    n = yb.shape[0]
+                    part = loss.detach() * n
+                    loss_sum = part if loss_sum is None else loss_sum + part
+                    if out.dim() == 2 and yb.dim() == 1:
+                        hit = (out.argmax(1) == yb).sum()
+                        correct = hit if correct is None else correct + hit
+                examples += n
+                steps += 1
+                for cb in self.callbacks:
+                    cb.on_step_end(self, self.step)
+                self.step += 1
+                if self.on_batch is not None:
+                    self.on_batch(b)
+        denom = max(1, examples)
+        return EpochStats(
+            float(loss_sum) / denom if loss_sum is not None else 0.0,
+            float(correct) / denom if correct is not None else 0.0,
+            steps, lr, examples,
+        )
+
+    def fit(
+        self,
+        batches: Batches,
+        *,
+        epochs: int,
+        seed_of_epoch: Callable[[int], int] | None = None,
+        start_epoch: int = 0,
+    ) -> list[EpochStats]:
+        """Train epochs ``start_epoch .. epochs - 1``; callbacks see each epoch's end.
+
+        Args:
+            batches: as for :meth:`train_epoch`; its length gives the steps per epoch.
+            epochs: the phase's number of epochs.
+            seed_of_epoch: ``epoch -> seed`` (e.g. ``lambda e: epoch_seed(seed, phase, e)``);
+                ``None`` leaves the RNGs alone.
+            start_epoch: the first epoch to run (a resumed phase).
+
+        Returns:
+            One :class:`EpochStats` per epoch run.
+        """
+        per_epoch = len(batches)  # type: ignore[arg-type]
+        out = []
+        for epoch in range(start_epoch, epochs):
+            seed = seed_of_epoch(epoch) if seed_of_epoch is not None else None
+            stats = self.train_epoch(batches, seed=seed, step0=epoch * per_epoch)
+            out.append(stats)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, stats)
+        return out
 
 
 @torch.no_grad()
+def evaluate_batches(
+    model: nn.Module, batches: Batches, *, loss_fn: LossFn = F.cross_entropy
+) -> tuple[float, float]:
+    """``(mean loss, accuracy)`` of ``model`` over ``batches`` in eval mode.
+
+    ``loss_fn`` must accept ``reduction="sum"`` (as torch's losses do). The model's training
+    mode is restored.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> batches = [(torch.zeros(3, 2), torch.zeros(3).long())]
+        >>> loss, acc = evaluate_batches(nn.Linear(2, 2), batches)
+        >>> 0.0 <= acc <= 1.0
+        True
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = 0.0
+    correct = n = 0
+    try:
+        for xb, yb in batches:
+            out = model(xb)
+            loss_sum += float(loss_fn(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+            n += yb.shape[0]
+    finally:
+        model.train(was_training)
+    n = max(1, n)
+    return loss_sum / n, correct / n
+
+
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1000
 ) -> tuple[float, float]:
-    """Return ``(mean loss, accuracy)`` of ``model`` in eval mode (training mode restored).
+    """Return ``(mean loss, accuracy)`` of ``model`` on tensors, in eval mode.
 
     Example:
         >>> import torch
@@ -250,17 +348,4 @@ def evaluate(
         >>> 0.0 <= acc <= 1.0
         True
     """
-    was_training = model.training
-    model.eval()
-    loss_sum = 0.0
-    correct = 0
-    try:
-        for i in range(0, x.shape[0], batch_size):
-            out = model(x[i : i + batch_size])
-            yb = y[i : i + batch_size]
-            loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-            correct += int((out.argmax(1) == yb).sum())
-    finally:
-        model.train(was_training)
-    n = max(1, x.shape[0])
-    return loss_sum / n, correct / n
+    return evaluate_batches(model, TensorBatches(x, y, batch_size=batch_size, shuffle=False))

@@ -99,7 +99,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..experiments.runner import evaluate_model_file
+    from ..experiments.evaluation import evaluate_model_file
 
     res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device)
     if args.json:
@@ -117,7 +117,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..experiments.runner import evaluate_model_file
+    from ..experiments.evaluation import evaluate_model_file
 
     res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device)
     stats = res["stats"]
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DatasetError
-    from ..experiments.runner import RunDirectoryError
+    from ..experiments.rundir import RunDirectoryError
 
     parser = build_parser(_extra_commands())
     args = parser.parse_args(argv)

@@ -68,8 +68,8 @@ def resolve_index_bits(model: object, spec: int | dict[str, int] | None) -> int 
 def _cmd_export(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..experiments.runner import load_any_model
     from ..export import export_model, format_size_table_markdown, size_table
+    from ..modelfile import load_any_model
 
     model, meta = load_any_model(args.model_file)
     bits = resolve_index_bits(model, parse_index_bits(args.index_bits))

@@ -9,6 +9,9 @@ Public API:
 * :func:`resolve_root` -- where the files of a dataset are looked for.
 * :func:`read_idx` -- strict reader for a single IDX file (gzip or plain).
 * :class:`DatasetError` -- raised for missing, corrupt or unverifiable data files.
+* :func:`prepare_splits`, :class:`TensorSplits`, :class:`Normalization`,
+  :func:`splits_for_model_file` -- normalised tensors of the splits a run uses.
+* :class:`TensorBatches` -- the fast in-memory batcher (seeded per epoch).
 
 Example:
     >>> from prunelab.data import load_dataset
@@ -30,16 +33,24 @@ from prunelab.data.datasets import (
 )
 from prunelab.data.idx import DatasetError, read_idx
 
+from .batches import TensorBatches
+from .prepare import Normalization, TensorSplits, prepare_splits, splits_for_model_file
+
 __all__ = [
     "DATASETS",
     "ENV_VAR",
     "DatasetError",
     "DatasetInfo",
     "DatasetSplits",
+    "Normalization",
     "Split",
+    "TensorBatches",
+    "TensorSplits",
     "clear_cache",
     "dataset_info",
     "load_dataset",
+    "prepare_splits",
     "read_idx",
     "resolve_root",
+    "splits_for_model_file",
 ]

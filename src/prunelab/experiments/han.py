@@ -16,18 +16,19 @@ Example:
     ...     "prune": {"method": "magnitude", "schedule": [{"sparsity": 0.9, "epochs": 1}]}})
     >>> x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    >>> result = HanPipeline(model, cfg, TensorData(x, y, x, y)).run()
+    >>> result = HanPipeline(model, cfg, TensorSplits(x, y, x, y)).run()
     >>> round(result.stats.layers[0].weights_kept, 2)
     0.1
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import torch
 from torch import nn
@@ -40,32 +41,27 @@ from ..config import (
     RegularizationConfig,
     RunConfig,
 )
+from ..data import TensorBatches, TensorSplits
 from ..dead_neurons import prune_dead_neurons
 from ..graph import DROPOUT_TYPES, Structure, trace_structure
-from ..masks import effective_tensor, iter_masks, load_pruned_state_dict, set_mask
+from ..masks import effective_tensor, iter_masks, load_pruned_state_dict, set_mask, sparsity
 from ..metrics import ModelStats, model_stats
 from ..pruner import Pruner
+from ..records import (
+    BestEpochEvent,
+    DropoutEvent,
+    EpochRecord,
+    Event,
+    PruneEvent,
+    record_from_dict,
+)
 from ..retrain_rules import DropoutChange, apply_dropout_rule, freeze_kind
-from ..training import epoch_seed, evaluate, lr_schedule, make_optimizer, train_epoch
+from ..schedules import lr_schedule
+from ..training import Callback, EpochStats, Trainer, epoch_seed, evaluate, make_optimizer
 
-__all__ = ["HanPipeline", "PipelineResult", "Reporter", "SilentReporter", "TensorData"]
+__all__ = ["HanPipeline", "PhaseSettings", "PipelineResult", "Reporter", "SilentReporter"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-
-
-@dataclass(frozen=True)
-class TensorData:
-    """Training and validation tensors, held in memory (already normalised)."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-
-    def to(self, device: str | torch.device) -> TensorData:
-        """Copy to a device."""
-        return TensorData(*(t.to(device) for t in (self.x_train, self.y_train,
-                                                    self.x_val, self.y_val)))
 
 
 class Reporter(Protocol):
@@ -73,8 +69,8 @@ class Reporter(Protocol):
 
     def phase_start(self, name: str, epochs: int, batches_per_epoch: int) -> None: ...
     def batch(self) -> None: ...
-    def epoch_end(self, record: dict[str, Any]) -> None: ...
-    def event(self, record: dict[str, Any]) -> None: ...
+    def epoch_end(self, record: EpochRecord) -> None: ...
+    def event(self, record: Event) -> None: ...
     def phase_end(self) -> None: ...
 
 
@@ -87,10 +83,10 @@ class SilentReporter:
     def batch(self) -> None:
         pass
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: EpochRecord) -> None:
         pass
 
-    def event(self, record: dict[str, Any]) -> None:
+    def event(self, record: Event) -> None:
         pass
 
     def phase_end(self) -> None:
@@ -102,15 +98,64 @@ class PipelineResult:
     """What a finished pipeline produced."""
 
     model: nn.Module
-    history: list[dict[str, Any]]
-    events: list[dict[str, Any]]
+    history: list[EpochRecord]
+    events: list[Event]
     stats: ModelStats
     dense_val_accuracy: float
     val_accuracy: float
     dense_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-OptimizerFactory = Callable[[Sequence[nn.Parameter], float, OptimizerConfig, float], Any]
+OptimizerFactory: TypeAlias = Callable[
+    [Sequence[nn.Parameter], float, OptimizerConfig, float], torch.optim.Optimizer
+]
+
+
+@dataclass(frozen=True)
+class PhaseSettings:
+    """What one phase of the pipeline trains with (phase 0: dense; k: retraining k).
+
+    Attributes:
+        epochs: epochs of the phase.
+        lr: its base learning rate (retraining: ``lr_factor`` x the training lr).
+        optimizer: optimizer settings.
+        lr_policy: learning-rate policy within the phase.
+        regularization: L1 or L2 and its strength.
+        freeze: ``"none"``, ``"conv"`` or ``"fc"``: which kind of layer stays fixed.
+        keep_best: restore the best validation epoch's weights at the phase's end.
+    """
+
+    epochs: int
+    lr: float
+    optimizer: OptimizerConfig
+    lr_policy: LRPolicyConfig
+    regularization: RegularizationConfig
+    freeze: str
+    keep_best: bool
+
+    @classmethod
+    def of(cls, config: RunConfig, phase: int) -> PhaseSettings:
+        """The settings of ``phase`` under ``config``."""
+        t, r = config.train, config.prune.retrain
+        if phase == 0:
+            return cls(t.epochs, t.optimizer.lr, t.optimizer, t.lr_policy, t.regularization,
+                       "none", t.keep_best)
+        it = config.prune.schedule[phase - 1]
+        opt = r.optimizer or t.optimizer
+        return cls(it.epochs, opt.lr * r.lr_factor, opt, r.lr_policy or t.lr_policy,
+                   r.regularization or t.regularization, it.freeze or r.freeze, r.keep_best)
+
+    @property
+    def weight_decay(self) -> float:
+        """The L2 strength passed to the optimizer (0 under L1)."""
+        r = self.regularization
+        return r.strength if r.kind == "l2" else 0.0
+
+    @property
+    def l1(self) -> float:
+        """The L1 strength added to the gradients (0 under L2)."""
+        r = self.regularization
+        return r.strength if r.kind == "l1" else 0.0
 
 
 def _default_optimizer(
@@ -126,7 +171,8 @@ class HanPipeline:
     Args:
         model: the network, freshly initialised (or pretrained, with ``train.epochs: 0``).
         config: the validated configuration (``train`` and ``prune`` sections are used).
-        data: in-memory training/validation tensors.
+        data: normalised training/validation tensors (:class:`prunelab.data.TensorSplits`;
+            the test split, if present, is never used here).
         run_dir: where checkpoints go; ``None`` keeps everything in memory.
         reporter: progress sink (silent by default).
         optimizer_factory: ``(params, lr, optimizer_config, weight_decay) -> optimizer``,
@@ -139,7 +185,7 @@ class HanPipeline:
         self,
         model: nn.Module,
         config: RunConfig,
-        data: TensorData,
+        data: TensorSplits,
         *,
         run_dir: str | Path | None = None,
         reporter: Reporter | None = None,
@@ -175,8 +221,8 @@ class HanPipeline:
         # run state (all of it goes into checkpoints)
         self.phase = 0
         self.epoch_done = 0
-        self.history: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
+        self.history: list[EpochRecord] = []
+        self.events: list[Event] = []
         self.best: dict[str, Any] | None = None
         self.dense_val_accuracy: float | None = None
         self.dense_state: dict[str, torch.Tensor] = {}
@@ -185,9 +231,9 @@ class HanPipeline:
         self._params: list[nn.Parameter] = []
         self._restored = False
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: Event) -> None:
         """Record an event, stamped with the number of epochs run so far (for ordering)."""
-        event["after_epoch"] = sum(1 for h in self.history if h["kind"] == "epoch")
+        event = dataclasses.replace(event, after_epoch=len(self.history))
         self.events.append(event)
         self.reporter.event(event)
 
@@ -197,24 +243,9 @@ class HanPipeline:
         """1 (dense training) + the number of schedule iterations."""
         return 1 + len(self.cfg.prune.schedule)
 
-    def _phase_settings(
-        self, phase: int
-    ) -> tuple[int, float, OptimizerConfig, LRPolicyConfig, RegularizationConfig, str, bool]:
-        t, r = self.cfg.train, self.cfg.prune.retrain
-        if phase == 0:
-            return (t.epochs, t.optimizer.lr, t.optimizer, t.lr_policy, t.regularization,
-                    "none", t.keep_best)
-        it = self.cfg.prune.schedule[phase - 1]
-        opt = r.optimizer or t.optimizer
-        return (
-            it.epochs,
-            opt.lr * r.lr_factor,
-            opt,
-            r.lr_policy or t.lr_policy,
-            r.regularization or t.regularization,
-            it.freeze or r.freeze,
-            r.keep_best,
-        )
+    def settings(self, phase: int) -> PhaseSettings:
+        """The training settings of ``phase``."""
+        return PhaseSettings.of(self.cfg, phase)
 
     def _structure(self) -> Structure:
         if self.structure is None:
@@ -230,17 +261,14 @@ class HanPipeline:
             pc.method, amount, layers=it.layers, scope=pc.scope, min_density=pc.min_density,
             seed=self.cfg.seed + index, monotone=pc.monotone,
         )
-        event: dict[str, Any] = {
-            "kind": "prune", "iteration": index + 1, "method": pc.method,
-            "layers": [r.to_dict() for r in results],
-        }
+        dead = None
         if pc.dead_neurons:
-            report = prune_dead_neurons(self.model, self._structure(), self.example)
-            event["dead_neurons"] = report.counts()
+            dead = prune_dead_neurons(self.model, self._structure(), self.example).counts()
         if pc.reinit:
             self._reinitialise(index + 1)
-            event["reinit"] = True
-        self._emit(event)
+        self._emit(PruneEvent(iteration=index + 1, method=pc.method,
+                              layers=[r.to_dict() for r in results], dead_neurons=dead,
+                              reinit=pc.reinit))
 
     def _reinitialise(self, phase: int) -> None:
         """Re-draw surviving weights (the ablation the paper argues against).
@@ -272,16 +300,15 @@ class HanPipeline:
 
     def _frozen_norms(self, phase: int) -> list[nn.Module]:
         """BatchNorm layers frozen with the conv layers: their running stats must not move."""
-        if self._phase_settings(phase)[5] != "conv":
+        if self.settings(phase).freeze != "conv":
             return []
         return [m for m in self.model.modules()
                 if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)]
 
     def _make_optimizer(self, phase: int) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
-        _, lr, opt_cfg, _, reg, freeze, _ = self._phase_settings(phase)
-        params = freeze_kind(self.model, freeze)
-        wd = reg.strength if reg.kind == "l2" else 0.0
-        return self.optimizer_factory(params, lr, opt_cfg, wd), params
+        s = self.settings(phase)
+        params = freeze_kind(self.model, s.freeze)
+        return self.optimizer_factory(params, s.lr, s.optimizer, s.weight_decay), params
 
     # ------------------------------------------------------------- checkpoints
     def _checkpoint_path(self) -> Path | None:
@@ -310,8 +337,8 @@ class HanPipeline:
             "optimizer": opt_flat,
             "best": best_meta,
             "pruner": self.pruner.state_dict(),
-            "history": self.history,
-            "events": self.events,
+            "history": [r.to_dict() for r in self.history],
+            "events": [e.to_dict() for e in self.events],
             "dense_val_accuracy": self.dense_val_accuracy,
             "dropout_now": self.dropout_now,
         }
@@ -344,7 +371,8 @@ class HanPipeline:
         load_pruned_state_dict(self.model, strip["model."])
         self.pruner.load_state_dict(meta["pruner"])
         self.phase, self.epoch_done = int(meta["phase"]), int(meta["epoch_done"])
-        self.history, self.events = list(meta["history"]), list(meta["events"])
+        self.history = [record_from_dict(r) for r in meta["history"]]
+        self.events = [record_from_dict(e) for e in meta["events"]]
         self.dense_val_accuracy = meta["dense_val_accuracy"]
         self.dense_state = strip["dense."]
         self.dropout_now = {k: float(v) for k, v in meta["dropout_now"].items()}
@@ -369,70 +397,43 @@ class HanPipeline:
         """
         if resume and not self._restored:
             self.restore()
-        x, y = self.data.x_train, self.data.y_train
+        batches = TensorBatches(self.data.x_train, self.data.y_train,
+                                batch_size=self.cfg.train.batch_size)
         while self.phase < self.num_phases:
             phase = self.phase
-            epochs, _, _, policy, reg, _, keep_best = self._phase_settings(phase)
-            batch_size = self.cfg.train.batch_size
-            per_epoch = -(-x.shape[0] // batch_size)
+            s = self.settings(phase)
             if self.epoch_done == 0:
                 if phase > 0:
                     self._prune(self.cfg.prune.schedule[phase - 1], phase - 1)
                     changes = self._apply_dropout(phase)
                     if changes:
-                        event = {"kind": "dropout", "iteration": phase,
-                                 "changes": [c.to_dict() for c in changes]}
-                        self._emit(event)
+                        self._emit(DropoutEvent(iteration=phase,
+                                                changes=[c.to_dict() for c in changes]))
                 self.optimizer, self._params = self._make_optimizer(phase)
                 self.best = None
             elif self.optimizer is None:
                 self.optimizer, self._params = self._make_optimizer(phase)
             else:
-                freeze_kind(self.model, self._phase_settings(phase)[5])
-            lr_at = lr_schedule(
-                policy.name, self._phase_settings(phase)[1], epochs * per_epoch,
-                gamma=policy.gamma, power=policy.power, milestones=policy.milestones,
-                min_lr=policy.min_lr,
-            )
-            l1 = reg.strength if reg.kind == "l1" else 0.0
+                freeze_kind(self.model, s.freeze)
+            policy = s.lr_policy
+            lr_at = lr_schedule(policy.name, s.lr, s.epochs * len(batches), gamma=policy.gamma,
+                                power=policy.power, milestones=policy.milestones,
+                                min_lr=policy.min_lr)
             name = "train" if phase == 0 else f"retrain {phase}/{self.num_phases - 1}"
-            self.reporter.phase_start(name, epochs - self.epoch_done, per_epoch)
-            while self.epoch_done < epochs:
-                t0 = time.perf_counter()
-                stats = train_epoch(
-                    self.model, self.optimizer, x, y, batch_size=batch_size, lr_at=lr_at,
-                    seed=epoch_seed(self.cfg.seed, phase, self.epoch_done),
-                    step0=self.epoch_done * per_epoch, l1=l1, l1_params=self._params,
-                    on_batch=lambda b, n: self.reporter.batch(),
-                    eval_modules=self._frozen_norms(phase),
-                )
-                val_loss, val_acc = evaluate(self.model, self.data.x_val, self.data.y_val,
-                                             batch_size=self.cfg.eval_batch_size)
-                self.epoch_done += 1
-                record = {
-                    "kind": "epoch", "phase": "train" if phase == 0 else "retrain",
-                    "iteration": phase, "epoch": self.epoch_done,
-                    "global_epoch": len([h for h in self.history if h["kind"] == "epoch"]) + 1,
-                    "loss": stats.loss, "train_accuracy": stats.accuracy,
-                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": stats.lr,
-                    "sparsity": {n: 1.0 - int(torch.count_nonzero(effective_tensor(m)))
-                                 / effective_tensor(m).numel()
-                                 for n, m in self.pruner.layers.items()},
-                    "time_s": time.perf_counter() - t0,
-                }
-                self.history.append(record)
-                if keep_best and (self.best is None or val_acc > self.best["val_accuracy"]):
-                    self.best = {"val_accuracy": val_acc, "epoch": self.epoch_done,
-                                 "state": {k: v.detach().clone()
-                                           for k, v in self.model.state_dict().items()}}
-                self.reporter.epoch_end(record)
-                self._save_checkpoint()
+            self.reporter.phase_start(name, s.epochs - self.epoch_done, len(batches))
+            trainer = Trainer(
+                self.model, self.optimizer, lr_at=lr_at, l1=s.l1, l1_params=self._params,
+                eval_modules=self._frozen_norms(phase),
+                callbacks=[_EpochEnd(self, phase, s.keep_best)],
+                on_batch=lambda b: self.reporter.batch(),
+            )
+            trainer.fit(batches, epochs=s.epochs, start_epoch=self.epoch_done,
+                        seed_of_epoch=lambda e, ph=phase: epoch_seed(self.cfg.seed, ph, e))
             self.reporter.phase_end()
-            self._finish_phase(phase, keep_best)
+            self._finish_phase(phase, s.keep_best)
         for p in self.model.parameters():  # frozen only for the retraining phases
             p.requires_grad_(True)
-        _, val_acc = evaluate(self.model, self.data.x_val, self.data.y_val,
-                              batch_size=self.cfg.eval_batch_size)
+        _, val_acc = self._validate()
         return PipelineResult(
             model=self.model,
             history=self.history,
@@ -443,17 +444,39 @@ class HanPipeline:
             dense_state=self.dense_state,
         )
 
+    def _validate(self) -> tuple[float, float]:
+        return evaluate(self.model, self.data.x_val, self.data.y_val,
+                        batch_size=self.cfg.eval_batch_size)
+
+    def _end_epoch(self, phase: int, keep_best: bool, stats: EpochStats, t0: float) -> None:
+        """Validate, record, keep the best weights, checkpoint (after every epoch)."""
+        val_loss, val_acc = self._validate()
+        self.epoch_done += 1
+        record = EpochRecord(
+            phase="train" if phase == 0 else "retrain", iteration=phase,
+            epoch=self.epoch_done, global_epoch=len(self.history) + 1,
+            loss=stats.loss, train_accuracy=stats.accuracy, val_loss=val_loss,
+            val_accuracy=val_acc, lr=stats.lr,
+            sparsity={n: sparsity(m) for n, m in self.pruner.layers.items()},
+            time_s=time.perf_counter() - t0,
+        )
+        self.history.append(record)
+        if keep_best and (self.best is None or val_acc > self.best["val_accuracy"]):
+            self.best = {"val_accuracy": val_acc, "epoch": self.epoch_done,
+                         "state": {k: v.detach().clone()
+                                   for k, v in self.model.state_dict().items()}}
+        self.reporter.epoch_end(record)
+        self._save_checkpoint()
+
     def _finish_phase(self, phase: int, keep_best: bool) -> None:
         if keep_best and self.best is not None:
             load_pruned_state_dict(self.model, self.best["state"])
-            event = {"kind": "best_epoch", "iteration": phase, "epoch": self.best["epoch"],
-                     "val_accuracy": self.best["val_accuracy"]}
-            self._emit(event)
+            self._emit(BestEpochEvent(iteration=phase, epoch=self.best["epoch"],
+                                      val_accuracy=self.best["val_accuracy"]))
         # Masks must survive the restore exactly; re-assert them (no-op when consistent).
         for _, module, name, mask in list(iter_masks(self.model)):
             set_mask(module, name, mask.clone())
-        _, val_acc = evaluate(self.model, self.data.x_val, self.data.y_val,
-                              batch_size=self.cfg.eval_batch_size)
+        _, val_acc = self._validate()
         if phase == 0:
             self.dense_val_accuracy = val_acc
             self.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -462,3 +485,15 @@ class HanPipeline:
         self.best = None
         self.optimizer = None
         self._save_checkpoint()
+
+
+class _EpochEnd(Callback):
+    """Hands each finished epoch of a phase back to its pipeline (timed from its start)."""
+
+    def __init__(self, pipeline: HanPipeline, phase: int, keep_best: bool) -> None:
+        self.pipeline, self.phase, self.keep_best = pipeline, phase, keep_best
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, stats: EpochStats) -> None:
+        self.pipeline._end_epoch(self.phase, self.keep_best, stats, self.t0)
+        self.t0 = time.perf_counter()

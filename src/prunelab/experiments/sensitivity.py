@@ -365,21 +365,13 @@ def validation_tensors(
     Raises:
         ValueError: the metadata describes no validation split (``val_size`` 0).
     """
-    from ..data import load_dataset
-    from .runner import _norm
+    from ..data import splits_for_model_file
 
-    ds_meta = dict(meta.get("dataset") or {})
-    val_size = int(ds_meta.get("val_size", 5000))
-    if val_size <= 0:
+    if int(dict(meta.get("dataset") or {}).get("val_size", 5000)) <= 0:
         raise ValueError("the model was trained without a validation split (val_size 0); the "
                          "sensitivity analysis never uses the test set")
-    ds = load_dataset(ds_meta.get("name", "mnist"), data_root, val_size=val_size,
-                      seed=int(ds_meta.get("split_seed", 0)), normalize=False,
-                      subset=ds_meta.get("subset"))
-    mean = float(ds_meta.get("mean", ds.mean))
-    std = float(ds_meta.get("std", ds.std))
-    x = _norm(ds.val.images, mean, std, ds_meta.get("normalize", "standard"))
-    return x.to(device), ds.val.labels.to(device)
+    splits = splits_for_model_file(meta, data_root=data_root, device=device)
+    return splits.x_val, splits.y_val
 
 
 def run_sensitivity(

@@ -111,17 +111,18 @@ def _log(msg: str, quiet: bool) -> None:
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
            policy: str, reg: str, cfg: TradeoffConfig, phase: int) -> None:
-    from ..training import epoch_seed, lr_schedule, make_optimizer, train_epoch
+    from ..data import TensorBatches
+    from ..schedules import lr_schedule
+    from ..training import Trainer, epoch_seed, make_optimizer
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, "sgd", lr=lr, momentum=0.9,
                          weight_decay=cfg.l2 if reg == "l2" else 0.0)
-    per_epoch = -(-x.shape[0] // cfg.batch_size)
-    lr_at = lr_schedule(policy, lr, epochs * per_epoch, gamma=1e-4, power=0.75)
-    for e in range(epochs):
-        train_epoch(model, opt, x, y, batch_size=cfg.batch_size, lr_at=lr_at,
-                    seed=epoch_seed(cfg.seed, phase, e), step0=e * per_epoch,
-                    l1=cfg.l1 if reg == "l1" else 0.0, l1_params=params)
+    batches = TensorBatches(x, y, batch_size=cfg.batch_size)
+    lr_at = lr_schedule(policy, lr, epochs * len(batches), gamma=1e-4, power=0.75)
+    trainer = Trainer(model, opt, lr_at=lr_at, l1=cfg.l1 if reg == "l1" else 0.0,
+                      l1_params=params)
+    trainer.fit(batches, epochs=epochs, seed_of_epoch=lambda e: epoch_seed(cfg.seed, phase, e))
 
 
 def _prunable_sparsity(model: nn.Module) -> float:
@@ -149,23 +150,18 @@ def run_tradeoff(
         ``rows`` (one per curve and fraction: ``curve``, ``regularization``, ``retrain``,
         ``fraction``, ``sparsity``, ``val_accuracy``, ``test_accuracy``), ``time_s``, ``files``.
     """
+    from ..data import prepare_splits
     from ..models import build_model
     from ..pruner import Pruner, prune_model
     from ..training import evaluate
-    from .runner import _norm, load_data
 
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
-    ds, mean, std = load_data("mnist", cfg.data_root, val_size=cfg.val_size, seed=cfg.seed,
-                              subset=cfg.subset)
-    x = _norm(ds.train.images, mean, std, cfg.normalize).to(device)
-    y = ds.train.labels.to(device)
-    xv = _norm(ds.val.images, mean, std, cfg.normalize).to(device)
-    yv = ds.val.labels.to(device)
-    xt = _norm(ds.test.images, mean, std, cfg.normalize).to(device)
-    yt = ds.test.labels.to(device)
+    s = prepare_splits("mnist", cfg.data_root, val_size=cfg.val_size, seed=cfg.seed,
+                       normalize=cfg.normalize, subset=cfg.subset, device=device)
+    x, y, xv, yv, xt, yt = s.x_train, s.y_train, s.x_val, s.y_val, s.x_test, s.y_test
     if xv.shape[0] == 0:
         raise ValueError("val_size=0 leaves no validation set; the experiment needs one")
 

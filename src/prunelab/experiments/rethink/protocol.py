@@ -54,7 +54,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +65,17 @@ from ...channel_masks import apply_channel_masks
 from ...checkpoint import load_tensors, save_tensors
 from ...criteria import layer_seed
 from ...criteria.channels import l1_filter_keep, slimming_keep, thinet_keep
+from ...data import TensorBatches, TensorSplits, prepare_splits
 from ...graph import BATCHNORM_TYPES, Structure, following_batchnorms, trace_structure
 from ...masks import get_mask, is_masked, raw_parameter, set_mask
 from ...metrics import count_parameters, model_stats
 from ...modelfile import load_model_file, save_model_file
 from ...models import build_model
 from ...pruner import prune_model
+from ...schedules import lr_schedule
 from ...selection import CONV_TYPES, LINEAR_TYPES
 from ...surgery import SurgeryReport, compact_model
-from ...training import epoch_seed, evaluate, lr_schedule, make_optimizer, train_epoch
-from ..runner import _norm, load_data
+from ...training import Callback, EpochStats, Trainer, epoch_seed, evaluate, make_optimizer
 from .config import MethodConfig, RethinkConfig
 
 __all__ = [
@@ -83,7 +84,6 @@ __all__ = [
     "LargeModel",
     "PrunedModel",
     "Recipe",
-    "RethinkData",
     "baseline_model",
     "cell_key",
     "get_large_model",
@@ -270,51 +270,16 @@ def cell_key(
 # ----------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
-class RethinkData:
-    """Normalised tensors of the three splits, on the sweep's device.
-
-    Attributes:
-        x_train, y_train: training images ``[N, C, H, W]`` and labels.
-        x_val, y_val: validation split (held out of the official training set).
-        x_test, y_test: the official test set.
-        meta: how the tensors were made (dataset name, mean, std, normalisation, sizes).
-    """
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def example(self, n: int) -> torch.Tensor:
-        """The first ``n`` training images (to trace, count FLOPs, run ThiNet)."""
-        return self.x_train[:n]
-
-
-def load_rethink_data(cfg: RethinkConfig) -> RethinkData:
+def load_rethink_data(cfg: RethinkConfig) -> TensorSplits:
     """Load and normalise the dataset of ``cfg`` (training mean/std, before any subset).
 
     Raises:
         prunelab.data.DatasetError: missing or corrupt files.
     """
     d = cfg.data
-    ds, mean, std = load_data(d.name, d.root, val_size=d.val_size, seed=d.split_seed)
-    dev = torch.device(cfg.device)
-
-    def prep(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, ...]:
-        x, y = (x[:n], y[:n]) if n is not None else (x, y)
-        return _norm(x, mean, std, d.normalize).to(dev), y.to(dev)
-
-    x_tr, y_tr = prep(ds.train.images, ds.train.labels, d.subset)
-    x_va, y_va = prep(ds.val.images, ds.val.labels, None)
-    x_te, y_te = prep(ds.test.images, ds.test.labels, d.test_subset)
-    meta = {"name": d.name, "mean": mean, "std": std, "normalize": d.normalize,
-            "val_size": d.val_size, "split_seed": d.split_seed, "train_size": len(y_tr),
-            "test_size": len(y_te)}
-    return RethinkData(x_tr, y_tr, x_va, y_va, x_te, y_te, meta)
+    return prepare_splits(d.name, d.root, val_size=d.val_size, seed=d.split_seed,
+                          normalize=d.normalize, train_limit=d.subset,
+                          test_limit=d.test_subset, device=torch.device(cfg.device))
 
 
 # ----------------------------------------------------------------------------- training
@@ -358,7 +323,7 @@ def _recipe(cfg: RethinkConfig, phase: str, epochs: int, **over: Any) -> Recipe:
 def train(
     model: nn.Module,
     recipe: Recipe,
-    data: RethinkData,
+    data: TensorSplits,
     *,
     seed: int,
     l1_params: Sequence[nn.Parameter] = (),
@@ -379,27 +344,38 @@ def train(
     """
     opt = make_optimizer(model.parameters(), recipe.optimizer, lr=recipe.lr,
                          momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    steps = math.ceil(data.x_train.shape[0] / recipe.batch_size)
+    batches = TensorBatches(data.x_train, data.y_train, batch_size=recipe.batch_size)
     policy = "multistep" if recipe.milestones else "constant"
-    lr_at = lr_schedule(policy, recipe.lr, recipe.epochs * steps, gamma=recipe.gamma,
+    lr_at = lr_schedule(policy, recipe.lr, recipe.epochs * len(batches), gamma=recipe.gamma,
                         milestones=recipe.milestones)
-    history = []
-    for epoch in range(recipe.epochs):
-        t0 = time.perf_counter()
-        st = train_epoch(model, opt, data.x_train, data.y_train, batch_size=recipe.batch_size,
-                         lr_at=lr_at, seed=epoch_seed(seed, PHASES[recipe.phase], epoch),
-                         step0=epoch * steps, l1=recipe.slimming_strength,
-                         l1_params=list(l1_params))
-        rec = {"phase": recipe.phase, "epoch": epoch + 1, "epochs": recipe.epochs,
-               "loss": st.loss, "train_accuracy": st.accuracy, "lr": st.lr,
-               "time_s": time.perf_counter() - t0}
-        history.append(rec)
-        if on_epoch is not None:
-            on_epoch(rec)
+    history: list[dict[str, Any]] = []
+    log = _EpochLog(recipe, history, on_epoch)
+    trainer = Trainer(model, opt, lr_at=lr_at, l1=recipe.slimming_strength,
+                      l1_params=list(l1_params), callbacks=[log])
+    trainer.fit(batches, epochs=recipe.epochs,
+                seed_of_epoch=lambda e: epoch_seed(seed, PHASES[recipe.phase], e))
     return history
 
 
-def _errors(model: nn.Module, data: RethinkData, batch_size: int) -> tuple[float, float]:
+class _EpochLog(Callback):
+    """One record per epoch of a recipe: epoch, loss, train accuracy, lr, seconds."""
+
+    def __init__(self, recipe: Recipe, history: list[dict[str, Any]],
+                 on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+        self.recipe, self.history, self.on_epoch = recipe, history, on_epoch
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, stats: EpochStats) -> None:
+        rec = {"phase": self.recipe.phase, "epoch": epoch + 1, "epochs": self.recipe.epochs,
+               "loss": stats.loss, "train_accuracy": stats.accuracy, "lr": stats.lr,
+               "time_s": time.perf_counter() - self.t0}
+        self.history.append(rec)
+        if self.on_epoch is not None:
+            self.on_epoch(rec)
+        self.t0 = time.perf_counter()
+
+
+def _errors(model: nn.Module, data: TensorSplits, batch_size: int) -> tuple[float, float]:
     """(test error %, validation error %)."""
     _, acc_test = evaluate(model, data.x_test, data.y_test, batch_size=batch_size)
     _, acc_val = evaluate(model, data.x_val, data.y_val, batch_size=batch_size)
@@ -597,7 +573,7 @@ def _slimming_params(
 
 def train_large_model(
     cfg: RethinkConfig,
-    data: RethinkData,
+    data: TensorSplits,
     method: MethodConfig,
     seed: int,
     *,
@@ -630,7 +606,7 @@ def train_large_model(
 
 def get_large_model(
     cfg: RethinkConfig,
-    data: RethinkData,
+    data: TensorSplits,
     method: MethodConfig,
     seed: int,
     *,
@@ -855,7 +831,7 @@ def baseline_epochs(
 
 def run_baseline(
     cfg: RethinkConfig,
-    data: RethinkData,
+    data: TensorSplits,
     large: LargeModel,
     pruned: PrunedModel,
     baseline: str,

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..runner import RunDirectoryError
+from ...data import TensorSplits
+from ..rundir import RunDirectoryError
 from . import protocol
 from .config import BASELINES, MethodConfig, RethinkConfig, parse_rethink_config
 
@@ -163,7 +164,7 @@ def run_sweep(
     *,
     resume: bool = False,
     quiet: bool = False,
-    data: protocol.RethinkData | None = None,
+    data: TensorSplits | None = None,
     report: bool = True,
     console: Any = None,
 ) -> SweepResult:
@@ -234,7 +235,7 @@ def run_sweep(
 
 def _run_cells(
     cfg: RethinkConfig,
-    data: protocol.RethinkData,
+    data: TensorSplits,
     cells: Sequence[Cell],
     done: set[str],
     cells_dir: Path,

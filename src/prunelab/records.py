@@ -1,0 +1,169 @@
+"""Typed records of a run: epochs and events (prune, dropout rule, best epoch).
+
+A run's ``log.jsonl`` and its checkpoint hold these records as JSON objects with a ``kind``
+field (``"epoch"``, ``"prune"``, ``"dropout"``, ``"best_epoch"``); in Python they are frozen
+dataclasses, so nothing reads a record by a string key or a tuple by position.
+:func:`record_from_dict` turns a JSON object back into its record.
+
+Example:
+    >>> r = EpochRecord(phase="train", iteration=0, epoch=1, global_epoch=1, loss=0.5,
+    ...                 train_accuracy=0.9, val_loss=0.4, val_accuracy=0.91, lr=0.01,
+    ...                 sparsity={"fc1": 0.0}, time_s=1.5)
+    >>> record_from_dict(r.to_dict()) == r
+    True
+    >>> r.to_dict()["kind"]
+    'epoch'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+__all__ = [
+    "BestEpochEvent",
+    "DropoutEvent",
+    "EpochRecord",
+    "Event",
+    "PruneEvent",
+    "Record",
+    "record_from_dict",
+]
+
+
+@dataclass(frozen=True)
+class _Record:
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this record, ``kind`` included."""
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class EpochRecord(_Record):
+    """One training epoch: its place in the run, training and validation metrics.
+
+    Attributes:
+        phase: ``"train"`` (dense) or ``"retrain"``.
+        iteration: phase index (0 for dense training, ``k`` for the k-th retraining).
+        epoch: epoch within the phase, from 1.
+        global_epoch: epoch within the run, from 1.
+        loss, train_accuracy: means over the epoch's training batches.
+        val_loss, val_accuracy: on the validation split after the epoch.
+        lr: learning rate of the epoch's last step.
+        sparsity: fraction of zero weights per pruned layer.
+        time_s: seconds the epoch took (training and validation).
+    """
+
+    kind: ClassVar[str] = "epoch"
+    phase: str
+    iteration: int
+    epoch: int
+    global_epoch: int
+    loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    sparsity: dict[str, float]
+    time_s: float
+
+
+@dataclass(frozen=True)
+class PruneEvent(_Record):
+    """A pruning step: what each layer kept, and what followed it.
+
+    Attributes:
+        iteration: schedule iteration, from 1.
+        method: the criterion's name.
+        layers: one :meth:`prunelab.pruner.LayerPruneResult.to_dict` per layer.
+        after_epoch: epochs run before the event (orders events among epochs).
+        dead_neurons: ``{layer: counts}`` when dead neurons were removed after the step.
+        reinit: surviving weights were re-drawn (the ablation the paper argues against).
+    """
+
+    kind: ClassVar[str] = "prune"
+    iteration: int
+    method: str
+    layers: list[dict[str, Any]]
+    after_epoch: int = 0
+    dead_neurons: dict[str, dict[str, int]] | None = None
+    reinit: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, leaving out what did not happen (as earlier logs did)."""
+        out = super().to_dict()
+        if self.dead_neurons is None:
+            del out["dead_neurons"]
+        if not self.reinit:
+            del out["reinit"]
+        return out
+
+
+@dataclass(frozen=True)
+class DropoutEvent(_Record):
+    """Han's dropout rule changed the retraining dropout rates.
+
+    Attributes:
+        iteration: schedule iteration, from 1.
+        changes: one :meth:`prunelab.retrain_rules.DropoutChange.to_dict` per dropout module.
+        after_epoch: epochs run before the event.
+    """
+
+    kind: ClassVar[str] = "dropout"
+    iteration: int
+    changes: list[dict[str, Any]]
+    after_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class BestEpochEvent(_Record):
+    """A phase ended by restoring the weights of its best validation epoch.
+
+    Attributes:
+        iteration: phase index.
+        epoch: the restored epoch within the phase.
+        val_accuracy: its validation accuracy.
+        after_epoch: epochs run before the event.
+    """
+
+    kind: ClassVar[str] = "best_epoch"
+    iteration: int
+    epoch: int
+    val_accuracy: float
+    after_epoch: int = 0
+
+
+Event = PruneEvent | DropoutEvent | BestEpochEvent
+Record = EpochRecord | Event
+
+_KINDS: dict[str, type[_Record]] = {
+    c.kind: c for c in (EpochRecord, PruneEvent, DropoutEvent, BestEpochEvent)
+}
+
+
+def record_from_dict(data: Mapping[str, Any]) -> Record:
+    """The record a JSON object describes.
+
+    Raises:
+        ValueError: unknown ``kind``, or missing/unknown fields (the message names them).
+
+    Example:
+        >>> record_from_dict({"kind": "dropout", "iteration": 1, "changes": []}).iteration
+        1
+    """
+    kind = data.get("kind")
+    cls = _KINDS.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"record kind {kind!r} is unknown; allowed: {', '.join(_KINDS)}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names - {"kind"})
+    if unknown:
+        raise ValueError(f"{kind} record has unknown fields {unknown}; allowed: {sorted(names)}")
+    try:
+        return cls(**{k: v for k, v in data.items() if k != "kind"})  # type: ignore[return-value]
+    except TypeError as exc:
+        raise ValueError(f"{kind} record is incomplete: {exc}") from None
+
