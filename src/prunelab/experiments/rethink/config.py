@@ -44,6 +44,7 @@ from ...config import (
 
 __all__ = [
     "BASELINES",
+    "BASELINE_TITLES",
     "METHOD_KINDS",
     "STRUCTURED_KINDS",
     "FinetuneConfig",
@@ -59,6 +60,10 @@ __all__ = [
 Baseline = Literal["finetune", "scratch_e", "scratch_b", "lottery"]
 MethodKind = Literal["l1_filter", "slimming", "thinet", "magnitude"]
 BASELINES: tuple[str, ...] = ("finetune", "scratch_e", "scratch_b", "lottery")
+BASELINE_TITLES: dict[str, str] = {
+    "finetune": "fine-tune", "scratch_e": "Scratch-E", "scratch_b": "Scratch-B",
+    "lottery": "lottery (rewind)", "pruned": "pruned, no retraining",
+}
 METHOD_KINDS: tuple[str, ...] = ("l1_filter", "slimming", "thinet", "magnitude")
 STRUCTURED_KINDS: tuple[str, ...] = ("l1_filter", "slimming", "thinet")
 
