@@ -43,14 +43,57 @@ def register_model(
     return deco
 
 
-def available_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(MODELS)
+TORCHVISION_PREFIX = "torchvision."
+
+
+def available_models(*, torchvision: bool = False) -> list[str]:
+    """Registered model names, sorted; with ``torchvision=True`` also torchvision's
+    classification models as ``torchvision.<name>``.
+
+    Example:
+        >>> "lenet5" in available_models()
+        True
+        >>> "torchvision.resnet18" in available_models(torchvision=True)
+        True
+    """
+    names = sorted(MODELS)
+    if torchvision:
+        names += [TORCHVISION_PREFIX + n for n in _torchvision_models()]
+    return names
+
+
+def _torchvision_models() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_factory(arch: str) -> Callable[..., nn.Module]:
+    """torchvision's ``get_model(arch)``, randomly initialised unless ``weights`` is given.
+
+    Pretrained weights are never downloaded by prunelab: ``weights`` names torchvision's
+    weights enum entry, which torchvision loads from its local cache (``TORCH_HOME``).
+    """
+    import torchvision
+
+    if arch not in _torchvision_models():
+        raise ValueError(
+            f"torchvision has no classification model {arch!r}; allowed: "
+            f"{', '.join(_torchvision_models())}"
+        )
+
+    def factory(**kwargs: Any) -> nn.Module:
+        kwargs.setdefault("weights", None)
+        return torchvision.models.get_model(arch, **kwargs)
+
+    return factory
 
 
 def _resolve(name: str) -> Callable[..., nn.Module]:
     if name in MODELS:
         return MODELS[name]
+    if name.startswith(TORCHVISION_PREFIX):
+        return _torchvision_factory(name[len(TORCHVISION_PREFIX):])
     if ":" in name:
         mod_name, _, attr = name.partition(":")
         try:
@@ -65,12 +108,14 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
         return factory
     raise ValueError(
         f"unknown model {name!r}; registered models: {', '.join(available_models())}, "
-        "or give an import path 'package.module:Factory'"
+        "a torchvision model as 'torchvision.<name>' (e.g. torchvision.resnet18), "
+        "or an import path 'package.module:Factory'"
     )
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model (``"lenet5"``) or one given as ``"pkg.module:Factory"``.
+    """Build a registered model (``"lenet5"``), a torchvision model
+    (``"torchvision.resnet18"``, randomly initialised) or one given as ``"pkg.module:Factory"``.
 
     Raises:
         ValueError: unknown name, unimportable path, or bad keyword arguments.
