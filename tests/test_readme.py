@@ -1,0 +1,28 @@
+"""The README's Python examples run as written, and do what their comments say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_python_examples() -> None:
+    assert len(BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_example_runs(index: int) -> None:
+    scope: dict[str, object] = {}
+    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), scope)
+    model = scope.get("model")
+    assert isinstance(model, torch.nn.Module)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # No layer of an example is ever emptied, and every example really prunes.
+    assert all(int(torch.count_nonzero(w)) > 0 for w in weights)
+    assert any(int(torch.count_nonzero(w)) < w.numel() for w in weights)
