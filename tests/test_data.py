@@ -490,3 +490,33 @@ def test_fashion_mnist_loads(fashion_dir: Path) -> None:
     assert ds.mean == pytest.approx(0.2860, abs=2e-3)
     assert ds.std == pytest.approx(0.3530, abs=2e-3)
     assert ds.train.images.double().mean().item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_prepare_splits_normalises_like_load_dataset() -> None:
+    from prunelab.data import prepare_splits
+
+    s = prepare_splits("mnist", val_size=500, seed=3, subset=600)
+    ref = load_dataset("mnist", val_size=500, seed=3, subset=600, normalize=True)
+    assert torch.allclose(s.x_train, ref.train.images, atol=1e-6)
+    assert torch.allclose(s.x_val, ref.val.images, atol=1e-6)
+    assert torch.equal(s.y_test, ref.test.labels)
+    assert s.meta["mean"] == pytest.approx(ref.mean) and s.meta["split_seed"] == 3
+
+
+def test_prepare_splits_limits_and_scale_mode() -> None:
+    from prunelab.data import prepare_splits
+
+    s = prepare_splits("mnist", val_size=100, normalize="scale", train_limit=50, test_limit=20)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (50, 100, 20)
+    assert (s.meta["train_size"], s.meta["test_size"]) == (50, 20)
+    assert float(s.x_train.min()) == 0.0  # zero pixels stay zero under "scale"
+    with pytest.raises(ValueError, match="normalize='bogus' is unknown; allowed: standard, scale"):
+        prepare_splits("mnist", val_size=100, subset=10, normalize="bogus")
+
+
+def test_splits_for_model_file_rebuild_the_training_inputs() -> None:
+    from prunelab.data import prepare_splits, splits_for_model_file
+
+    s = prepare_splits("mnist", val_size=200, seed=1, subset=300, normalize="scale")
+    again = splits_for_model_file({"dataset": dict(s.meta)})
+    assert torch.equal(again.x_val, s.x_val) and torch.equal(again.x_test, s.x_test)
