@@ -192,7 +192,8 @@ class PruneConfig(_Strict):
                 if v in channel else ""
             )
             raise ValueError(
-                f"method {v!r} is unknown; registered weight criteria: {', '.join(weight)}{hint}"
+                f"method {v!r} is unknown; registered weight criteria: "
+                f"{', '.join(map(repr, weight))}{hint}"
             )
         return v
 
