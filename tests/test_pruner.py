@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -276,6 +277,139 @@ def test_dense_std_is_captured_at_first_step_not_at_creation(mlp):
     pruner.step("std", 1.0)
     for n in LAYERS:
         assert pruner.dense_std[n] == pytest.approx(expected[n], rel=1e-12)
-    pruner.step("std", 2.0)  # fixed afterwards
+    pruner.step("std", 1.5)  # fixed afterwards (2.0 would empty these uniform layers)
     for n in LAYERS:
         assert pruner.dense_std[n] == pytest.approx(expected[n], rel=1e-12)
+
+
+# ------------------------------------------------------------------------------ never empty
+
+
+def _uniform_output_layer() -> nn.Sequential:
+    """fc1: Gaussian weights (q=2 keeps ~5%); fc2: like an untrained LeNet-300 output layer,
+    weights spread evenly over [-a, a], so 2 * std = 1.15 a exceeds every |w|."""
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(100, 300), fc2=nn.Linear(300, 10)))
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.randn(300, 100, generator=torch.Generator().manual_seed(0)))
+        model.fc2.weight.copy_(torch.linspace(-0.05, 0.05, 3000).view(10, 300))
+    return model
+
+
+def test_step_that_would_empty_a_layer_raises_and_changes_nothing():
+    model = _uniform_output_layer()
+    pruner = Pruner(model)
+    w2 = model.fc2.weight.detach()
+    assert 2.0 * _pop_std(w2) > float(w2.abs().max())
+    with pytest.raises(ValueError) as info:
+        pruner.step("std", 2.0)  # the README's iterative example on such a layer
+    message = str(info.value)
+    for needle in ("'fc2'", "q=2.0", "remove all its weights", "smaller q", "min_density"):
+        assert needle in message
+    assert "\n" not in message
+    # atomic: fc1 (which alone would be fine) is untouched too, and no std was recorded
+    assert get_mask(model.fc1) is None and get_mask(model.fc2) is None
+    assert pruner.dense_std is None and pruner.steps_done == 0
+    results = pruner.step("std", {"*": 2.0, "fc2": 1.0})  # the suggested fix works
+    assert all(r.nonzero_after > 0 for r in results)
+
+
+def test_min_density_floor_holds_a_layer_the_std_rule_would_empty():
+    model = _uniform_output_layer()
+    dense = model.fc2.weight.detach().clone()
+    results = Pruner(model).step("std", 2.0, min_density=0.01)
+    by_name = {r.layer: r for r in results}
+    assert by_name["fc2"].nonzero_after == 30  # ceil(0.01 * 3000): its 30 largest weights
+    kept = get_mask(model.fc2) != 0
+    assert dense.abs()[kept].min() >= dense.abs()[~kept].max()
+    fc1 = model.fc1.weight_orig.detach()
+    assert torch.equal(get_mask(model.fc1) != 0, fc1.abs().double() >= by_name["fc1"].threshold)
+
+
+def test_global_step_that_would_empty_a_layer_raises(mlp):
+    with torch.no_grad():
+        mlp.fc3.weight.mul_(1e-6)
+    with pytest.raises(ValueError, match=r"'fc3'.*sparsity=0\.9 under one global threshold.*"
+                                         r"min_density"):
+        Pruner(mlp).step("magnitude", 0.9, scope="global")
+    assert get_mask(mlp.fc1) is None
+
+
+def test_magnitude_on_a_one_weight_layer_raises_instead_of_emptying():
+    model = nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 4))
+    with pytest.raises(ValueError, match=r"'0' with 'magnitude' at sparsity=0\.6"):
+        Pruner(model).step("magnitude", 0.6)  # round(0.6 * 1) = 1 of 1 weight
+    Pruner(model).step("magnitude", 0.6, min_density=0.01)
+    assert int(get_mask(model[0]).sum()) == 1
+
+
+# ------------------------------------------------------------------------------ check_step
+
+
+@pytest.mark.parametrize(
+    ("method", "amount", "kwargs", "needle"),
+    [
+        ("foo", 0.5, {}, r"'foo' is unknown; registered criteria: .*std"),
+        ("std", -1.0, {}, r"q=-1\.0"),
+        ("std", math.inf, {}, r"q=inf"),
+        ("std", math.nan, {}, r"nan"),
+        ("magnitude", 1.0, {}, r"sparsity=1\.0"),
+        ("random", -0.2, {}, r"sparsity=-0\.2"),
+        ("magnitude", 0.5, {"layers": "fc9"}, r"'fc9' matches no layer"),
+        ("magnitude", {"*": 0.5, "fc9": 0.1}, {}, r"'fc9' matches no selected layer"),
+        ("magnitude", {"fc1": 0.5}, {}, r"no sparsity given for layer\(s\) fc2, fc3"),
+        ("std", 1.0, {"scope": "global"}, r"scope='global' needs a criterion with scores and a "
+                                          r"sparsity amount.*'std' has amount kind 'q'"),
+        ("magnitude", 0.5, {"scope": "all"}, r"scope='all' is unknown"),
+        ("magnitude", {"*": 0.5}, {"scope": "global"}, r"not a mapping"),
+        ("magnitude", 0.5, {"min_density": 1.5}, r"min_density=1\.5"),
+        ("magnitude", 0.5, {"min_density": {"fc9": 0.1}}, r"min_density pattern 'fc9'"),
+        ("magnitude", 0.5, {"power": 2}, r"'magnitude' has no option 'power'"),
+        ("thinet", 0.5, {}, r"'thinet' is a channel criterion"),
+    ],
+)
+def test_check_step_raises_what_step_raises_and_changes_nothing(mlp, method, amount, kwargs,
+                                                                 needle):
+    pruner = Pruner(mlp)
+    with pytest.raises(ValueError, match=needle) as checked:
+        pruner.check_step(method, amount, **kwargs)
+    assert pruner.dense_std is None and pruner.steps_done == 0
+    assert all(get_mask(getattr(mlp, n)) is None for n in LAYERS)
+    with pytest.raises(ValueError) as stepped:
+        pruner.step(method, amount, **kwargs)
+    assert str(stepped.value) == str(checked.value)
+    assert pruner.dense_std is None and pruner.steps_done == 0
+    assert all(get_mask(getattr(mlp, n)) is None for n in LAYERS)
+
+
+def test_check_step_accepts_good_arguments_and_changes_nothing(mlp):
+    pruner = Pruner(mlp)
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    pruner.check_step("std", {"*": 1.0, "fc3": 0.5}, layers="fc*", seed=3, monotone=False)
+    pruner.check_step("magnitude", 0.9, scope="global", min_density=0.05)
+    assert pruner.dense_std is None and pruner.steps_done == 0
+    after = mlp.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+# ------------------------------------------------------------------------------ optimizer
+
+
+def _momentum_step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad()
+    model(torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))).sum().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_prune_model_with_optimizer_keeps_pruned_weights_exactly_zero(mlp, sync):
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1, momentum=0.9)
+    _momentum_step(mlp, opt)  # momentum buffers now nonzero everywhere
+    prune_model(mlp, "magnitude", 0.5, optimizer=opt if sync else None)
+    _momentum_step(mlp, opt)
+    pruned = get_mask(mlp.fc1) == 0
+    moved = int((mlp.fc1.weight_orig.detach()[pruned] != 0).sum())
+    if sync:
+        assert moved == 0
+    else:  # without the optimizer, stale momentum moves pruned entries off zero
+        assert moved > 0

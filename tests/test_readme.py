@@ -18,8 +18,15 @@ def test_readme_has_python_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index: int) -> None:
+    from prunelab.criteria import available_criteria, unregister_criterion
+
+    before = set(available_criteria())
     scope: dict[str, object] = {}
-    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), scope)
+    try:
+        exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), scope)
+    finally:  # criteria an example registers must not leak into other tests
+        for name in set(available_criteria()) - before:
+            unregister_criterion(name)
     model = scope.get("model")
     assert isinstance(model, torch.nn.Module)
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]

@@ -22,7 +22,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from .criteria import available_criteria, criterion_class, get_criterion
+from .criteria.base import Criterion
 
 __all__ = [
     "ConfigError",
@@ -145,9 +158,16 @@ class IterationConfig(_Strict):
 
 
 class PruneConfig(_Strict):
-    """Pruning: criterion, layer selection, schedule and Han's retraining rules."""
+    """Pruning: criterion, layer selection, schedule and Han's retraining rules.
 
-    method: Literal["std", "magnitude", "random"] = "std"
+    ``method`` is any registered weight criterion (:func:`prunelab.criteria.register_criterion`;
+    built-ins ``std``, ``magnitude``, ``random``) and ``method_options`` the keyword arguments
+    of its constructor. A criterion whose ``amount_kind`` is ``"q"`` (``std``) takes ``q`` in
+    each schedule entry, the others ``sparsity``.
+    """
+
+    method: str = "std"
+    method_options: dict[str, Any] = Field(default_factory=dict)
     layers: list[str] | None = None
     exclude: list[str] | None = None
     std_source: Literal["dense", "surviving"] = "dense"
@@ -161,9 +181,37 @@ class PruneConfig(_Strict):
     reinit: bool = False
     monotone: bool = True
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        weight = available_criteria("weight")
+        if v not in weight:
+            channel = available_criteria("channel")
+            hint = (
+                f"; {v!r} is a channel criterion (structured pruning: prunelab rethink)"
+                if v in channel else ""
+            )
+            raise ValueError(
+                f"method {v!r} is unknown; registered weight criteria: "
+                f"{', '.join(map(repr, weight))}{hint}"
+            )
+        return v
+
+    @field_validator("method_options")
+    @classmethod
+    def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        method = info.data.get("method")
+        if method is not None:  # else the method itself was rejected
+            try:
+                get_criterion(method, **v)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
     @model_validator(mode="after")
     def _amounts(self) -> PruneConfig:
-        need = "q" if self.method == "std" else "sparsity"
+        crit = criterion_class(self.method)
+        need = crit.amount_kind
         other = "sparsity" if need == "q" else "q"
         for i, it in enumerate(self.schedule):
             if getattr(it, need) is None:
@@ -173,9 +221,42 @@ class PruneConfig(_Strict):
                     f"schedule[{i}] sets '{other}', which method {self.method!r} does not use; "
                     f"use '{need}'"
                 )
-        if self.scope == "global" and self.method != "magnitude":
-            raise ValueError("scope 'global' needs method 'magnitude'")
+        if self.scope == "global" and not (crit.has_scores() and need == "sparsity"):
+            raise ValueError(
+                "scope 'global' needs a criterion with scores and a sparsity amount (e.g. "
+                f"'magnitude'), not {self.method!r}"
+            )
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Leave out empty method_options, so configs (and config_hash) of runs made before
+        # the key existed are unchanged.
+        data = handler(self)
+        if not self.method_options:
+            data.pop("method_options", None)
+        return data
+
+    def criterion(self) -> Criterion:
+        """A new instance of the configured criterion (``method`` with ``method_options``).
+
+        Example:
+            >>> PruneConfig(method="magnitude", schedule=[{"sparsity": 0.5, "epochs": 1}]
+            ...             ).criterion().label
+            'magnitude'
+        """
+        return get_criterion(self.method, **self.method_options)
+
+    def amount(self, iteration: IterationConfig) -> LayerAmount:
+        """The amount of a schedule entry for this criterion: its ``q`` or its ``sparsity``.
+
+        Example:
+            >>> pc = PruneConfig(method="std", schedule=[{"q": 1.5, "epochs": 1}])
+            >>> pc.amount(pc.schedule[0])
+            1.5
+        """
+        kind = criterion_class(self.method).amount_kind
+        return iteration.q if kind == "q" else iteration.sparsity
 
 
 class RunConfig(_Strict):

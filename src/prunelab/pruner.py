@@ -21,19 +21,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from . import criteria
+from .allocation import alive_mask, density_floors, global_keep, layer_amounts
+from .criteria import Context, Criterion, as_criterion, layer_seed, population_std
+from .criteria.base import checked_scores, layer_mask
 from .masks import effective_tensor, get_mask, set_mask, sync_optimizer
 from .selection import LayerValue, per_layer_values, select_layers
 
-__all__ = ["METHODS", "STD_SOURCES", "LayerPruneResult", "Pruner", "prune_model"]
+__all__ = ["SCOPES", "STD_SOURCES", "LayerPruneResult", "Pruner", "prune_model"]
 
-Method = Literal["std", "magnitude", "random"]
-METHODS: tuple[str, ...] = ("std", "magnitude", "random")
 STD_SOURCES: tuple[str, ...] = ("dense", "surviving")
 SCOPES: tuple[str, ...] = ("layer", "global")
 
@@ -59,14 +59,20 @@ class LayerPruneResult:
         return {**asdict(self), "sparsity_after": self.sparsity_after}
 
 
-def _std(t: torch.Tensor) -> float:
-    """Population standard deviation (numpy's default, ddof=0) in float64."""
-    t = t.detach().double().flatten()
-    return float(t.std(correction=0)) if t.numel() > 0 else 0.0
+@dataclass(frozen=True)
+class _Plan:
+    """A validated step: the criterion, the layers and each layer's amount and floor."""
+
+    criterion: Criterion
+    layers: tuple[str, ...]
+    amounts: Mapping[str, float]
+    min_density: Mapping[str, float]
+    scope: str
+    amount: Any  # as given (reported for scope="global")
 
 
 class Pruner:
-    """Prune selected layers of ``model`` step by step.
+    """Prune selected layers of ``model`` step by step, with any registered weight criterion.
 
     Args:
         model: the network (pruned in place).
@@ -107,13 +113,16 @@ class Pruner:
         self.dense_std: dict[str, float] | None = None
         self.steps_done = 0
 
+    def _measure_std(self) -> dict[str, float]:
+        return {n: population_std(effective_tensor(m)) for n, m in self.layers.items()}
+
     def capture_dense_std(self) -> dict[str, float]:
         """Record each layer's std now (done automatically by the first :meth:`step`).
 
         Returns:
             ``{layer: std}`` (population std of the effective weights, float64).
         """
-        self.dense_std = {n: _std(effective_tensor(m)) for n, m in self.layers.items()}
+        self.dense_std = self._measure_std()
         return dict(self.dense_std)
 
     def dense_std_of(self, layer: str) -> float:
@@ -138,9 +147,35 @@ class Pruner:
             )
         return chosen
 
-    def step(
+    def _plan(
         self,
-        method: str,
+        method: str | Criterion,
+        amount: LayerValue,
+        layers: str | Sequence[str] | None,
+        scope: str,
+        min_density: LayerValue,
+        options: Mapping[str, Any],
+    ) -> _Plan:
+        """Validate a step's arguments (changes nothing)."""
+        crit = as_criterion(method, options, granularity="weight")
+        if scope not in SCOPES:
+            raise ValueError(f"scope={scope!r} is unknown; allowed: {SCOPES}")
+        if scope == "global" and not (crit.has_scores() and crit.amount_kind == "sparsity"):
+            raise ValueError(
+                "scope='global' needs a criterion with scores and a sparsity amount (e.g. "
+                f"'magnitude'); {crit.label!r} has "
+                + ("no scores" if not crit.has_scores() else f"amount kind {crit.amount_kind!r}")
+            )
+        if scope == "global" and isinstance(amount, Mapping):
+            raise ValueError("scope='global' takes one sparsity for all layers, not a mapping")
+        names = list(self._subset(layers))
+        amounts = layer_amounts(amount, names, crit.amount_kind)
+        floors = per_layer_values(min_density, names, what="min_density", high=1.0)
+        return _Plan(crit, tuple(names), amounts, floors, scope, amount)
+
+    def check_step(
+        self,
+        method: str | Criterion,
         amount: LayerValue,
         *,
         layers: str | Sequence[str] | None = None,
@@ -149,86 +184,124 @@ class Pruner:
         seed: int = 0,
         monotone: bool = True,
         optimizer: torch.optim.Optimizer | None = None,
+        **options: Any,
+    ) -> None:
+        """Raise the errors :meth:`step` would raise for these arguments; change nothing.
+
+        Takes exactly :meth:`step`'s arguments, so a pipeline can validate every iteration
+        of a schedule before any training. What it cannot know in advance is whether the
+        weights *then* make a layer empty (:meth:`step` checks that before changing a mask).
+
+        Raises:
+            ValueError: unknown criterion (the message lists the registered ones) or option,
+                a channel criterion, unknown scope, ``scope="global"`` with a criterion without
+                scores or with a ``q`` amount, a mapping with ``scope="global"``, ``q``
+                negative or not finite, a sparsity outside ``[0, 1)``, ``min_density`` outside
+                ``[0, 1]``, a layer pattern or mapping pattern that matches no layer.
+            TypeError: ``method`` is neither a registered name nor a criterion instance.
+
+        Example:
+            >>> from torch import nn
+            >>> p = Pruner(nn.Sequential(nn.Linear(4, 4)))
+            >>> p.check_step("magnitude", 0.5)
+            >>> try:
+            ...     p.check_step("magnitude", 1.5)
+            ... except ValueError as exc:
+            ...     print(exc)
+            sparsity=1.5 for '*' is out of range; allowed: [0.0, 1.0)
+        """
+        self._plan(method, amount, layers, scope, min_density, options)
+
+    def step(
+        self,
+        method: str | Criterion,
+        amount: LayerValue,
+        *,
+        layers: str | Sequence[str] | None = None,
+        scope: str = "layer",
+        min_density: LayerValue = 0.0,
+        seed: int = 0,
+        monotone: bool = True,
+        optimizer: torch.optim.Optimizer | None = None,
+        **options: Any,
     ) -> list[LayerPruneResult]:
-        """Compute and install new masks.
+        """Compute and install new masks (all or nothing).
 
         Args:
-            method: ``"std"`` (``amount`` is the quality parameter ``q``: prune
-                ``|w| < q * std``), ``"magnitude"`` (``amount`` is the target sparsity of each
-                layer, or of all selected layers together with ``scope="global"``), or
-                ``"random"`` (``amount`` is the target sparsity, entries chosen at random).
-            amount: one value or ``{pattern: value}`` (later patterns override earlier ones).
+            method: a registered weight criterion name or a
+                :class:`~prunelab.criteria.Criterion` instance. Built-ins: ``"std"``
+                (``amount`` is the quality parameter ``q``: prune ``|w| < q * std``),
+                ``"magnitude"`` (``amount`` is the target sparsity of each layer, or of all
+                selected layers together with ``scope="global"``), ``"random"`` (``amount``
+                is the target sparsity, entries chosen at random).
+            amount: one value or ``{pattern: value}`` (later patterns override earlier ones):
+                ``q`` or a sparsity, as the criterion's ``amount_kind`` says.
             layers: restrict this step to some of the Pruner's layers (glob patterns).
-            scope: ``"layer"`` or ``"global"`` (magnitude only: one threshold over layers).
-            min_density: per-layer floor for ``scope="global"``, a fraction in [0, 1].
+            scope: ``"layer"`` or ``"global"`` (one threshold over layers; criteria with
+                scores and a sparsity amount).
+            min_density: per-layer floor, a fraction in [0, 1] (one value or per layer): a
+                layer keeps at least ``ceil(min_density * n)`` weights (at least one if
+                positive), its highest-scoring ones.
             seed: seed of the ``"random"`` criterion (combined with each layer's name).
             monotone: pruned connections stay pruned (the paper's behaviour).
             optimizer: if given, its state for pruned entries is zeroed
                 (:func:`prunelab.masks.sync_optimizer`).
+            options: constructor options of a criterion given by name.
 
         Returns:
             One :class:`LayerPruneResult` per affected layer.
 
         Raises:
-            ValueError: unknown method/scope, ``q < 0``, sparsity outside [0, 1), unknown
-                layer patterns.
+            ValueError: everything :meth:`check_step` raises, and a step that would leave a
+                selected layer without any weight (no floor given); in every case before any
+                mask or the recorded dense std changed.
         """
-        if method not in METHODS:
-            raise ValueError(f"pruning method {method!r} is unknown; allowed: {METHODS}")
-        if scope not in SCOPES:
-            raise ValueError(f"scope={scope!r} is unknown; allowed: {SCOPES}")
-        if scope == "global" and method != "magnitude":
-            raise ValueError(f"scope='global' needs method='magnitude', got method={method!r}")
-        if self.dense_std is None:
-            self.capture_dense_std()  # all layers, before the first mask changes any of them
-        chosen = self._subset(layers)
-        names = list(chosen)
-        if method == "std":
-            values = per_layer_values(amount, names, what="q")
-        else:
-            values = per_layer_values(
-                amount, names, what="sparsity", high=1.0, high_inclusive=False
-            )
+        plan = self._plan(method, amount, layers, scope, min_density, options)
+        crit, names = plan.criterion, list(plan.layers)
+        # The dense std of all layers, measured before the first mask changes any of them;
+        # recorded only once the step succeeds.
+        dense = self.dense_std if self.dense_std is not None else self._measure_std()
+        chosen = {n: self.layers[n] for n in names}
         weights = {n: effective_tensor(m).detach() for n, m in chosen.items()}
         current = {n: get_mask(m) for n, m in chosen.items()}
         # With monotone=False the criterion must see every entry (pruned ones included), or
         # it could never choose to revive one.
         held = current if monotone else dict.fromkeys(names)
         before = {n: int(torch.count_nonzero(weights[n])) for n in names}
-        thresholds: dict[str, float | None] = dict.fromkeys(names)
-        if method == "magnitude" and scope == "global":
-            if isinstance(amount, Mapping):
-                raise ValueError("scope='global' takes one sparsity for all layers, not a mapping")
-            floors = per_layer_values(min_density, names, what="min_density", high=1.0)
-            masks = criteria.global_magnitude_masks(
-                weights, float(amount), held, min_density=floors
-            )
+        ctx = {
+            n: Context(layer=n, module=m, model=self.model, mask=current[n],
+                       dense_std=dense.get(n), std_source=self.std_source,
+                       seed=layer_seed(seed, n))
+            for n, m in chosen.items()
+        }  # fmt: skip
+        alive = {n: alive_mask(weights[n], held[n]) for n in names}
+        floors = density_floors(
+            plan.min_density,
+            {n: weights[n].numel() for n in names},
+            {n: int(alive[n].sum()) for n in names},
+        )
+        if plan.scope == "global":
+            scores = {n: checked_scores(crit, weights[n], ctx[n]) for n in names}
+            total = sum(w.numel() for w in weights.values())
+            keep = total - round(plan.amounts[names[0]] * total)
+            masks = global_keep(scores, keep, alive=alive, floors=floors, ties=crit.ties)
         else:
-            masks = {}
-            for n in names:
-                w, cur = weights[n], current[n]
-                if method == "std":
-                    if self.std_source == "dense":
-                        std = self.dense_std_of(n)
-                    else:
-                        alive = w[cur != 0] if cur is not None else w
-                        std = _std(alive)
-                    thresholds[n] = values[n] * std
-                    masks[n] = criteria.std_threshold_mask(w, values[n], std, held[n])
-                elif method == "magnitude":
-                    masks[n] = criteria.magnitude_mask(w, values[n], held[n])
-                else:
-                    masks[n] = criteria.random_mask(
-                        w, values[n], criteria.layer_seed(seed, n), held[n]
-                    )
+            masks = {
+                n: layer_mask(crit, weights[n], plan.amounts[n], held[n], ctx[n], floors[n])
+                for n in names
+            }
+        for n in names:
+            if weights[n].numel() and not bool(masks[n].any()):
+                self._refuse_empty(plan, n)
+        thresholds = {
+            n: crit.threshold(weights[n], plan.amounts[n], masks[n], ctx[n]) for n in names
+        }
+        self.dense_std = dict(dense)
         results = []
         for n, m in chosen.items():
             set_mask(m, "weight", masks[n], monotone=monotone)
             after = int(torch.count_nonzero(effective_tensor(m)))
-            if method == "magnitude" and thresholds[n] is None and after < weights[n].numel():
-                kept = weights[n].abs()[masks[n]]
-                thresholds[n] = float(kept.min()) if kept.numel() else None
-            amt = values[n] if not (method == "magnitude" and scope == "global") else amount
+            amt = plan.amount if plan.scope == "global" else plan.amounts[n]
             results.append(
                 LayerPruneResult(n, weights[n].numel(), before[n], after, thresholds[n], amt)
             )
@@ -236,6 +309,21 @@ class Pruner:
             sync_optimizer(optimizer, self.model)
         self.steps_done += 1
         return results
+
+    @staticmethod
+    def _refuse_empty(plan: _Plan, layer: str) -> None:
+        crit = plan.criterion
+        what = "q" if crit.amount_kind == "q" else "sparsity"
+        how = f"a smaller {what} for it" + (
+            f" (e.g. {{'*': {plan.amount!r}, '{layer}': ...}})"
+            if plan.scope == "layer" and not isinstance(plan.amount, Mapping) else ""
+        )
+        where = " under one global threshold" if plan.scope == "global" else ""
+        raise ValueError(
+            f"pruning layer {layer!r} with {crit.label!r} at {what}={plan.amounts[layer]!r}"
+            f"{where} would remove all its weights; use {how} or a floor such as "
+            "min_density=0.01 (nothing was changed)"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state: layer names, std source, dense stds, steps done."""
@@ -266,7 +354,7 @@ class Pruner:
 
 def prune_model(
     model: nn.Module,
-    method: str,
+    method: str | Criterion,
     amount: LayerValue,
     *,
     layers: str | Sequence[str] | None = None,
@@ -276,11 +364,15 @@ def prune_model(
     std_source: str = "dense",
     seed: int = 0,
     monotone: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    **options: Any,
 ) -> list[LayerPruneResult]:
     """One-shot pruning in one line (a :class:`Pruner` created and stepped once).
 
     Note that with ``std_source="dense"`` the std is that of the weights *now*; for an
-    iterative run keep one :class:`Pruner` so the original dense std is remembered.
+    iterative run keep one :class:`Pruner` so the original dense std is remembered. Pass the
+    ``optimizer`` that trains the model so its state of pruned entries is zeroed too (else
+    momentum would move pruned ``weight_orig`` entries off zero).
 
     Example:
         >>> import torch
@@ -292,5 +384,6 @@ def prune_model(
     """
     pruner = Pruner(model, layers, exclude=exclude, std_source=std_source)
     return pruner.step(
-        method, amount, scope=scope, min_density=min_density, seed=seed, monotone=monotone
+        method, amount, scope=scope, min_density=min_density, seed=seed, monotone=monotone,
+        optimizer=optimizer, **options,
     )

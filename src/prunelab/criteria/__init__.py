@@ -1,24 +1,59 @@
-"""What is unimportant: criteria that score weights or whole units.
+"""What is unimportant: criteria that score weights or whole units, registered by name.
 
-Unstructured criteria (:mod:`prunelab.criteria.unstructured`) give a keep-mask of a weight
-tensor; channel criteria (:mod:`prunelab.criteria.channels`) give a keep-mask of a layer's
-output units.
+A criterion is a small class (:class:`Criterion`) implementing ``scores`` (importance; the
+allocation in :mod:`prunelab.allocation` keeps the top entries) or ``compute_mask`` (a rule
+such as Han's threshold). Weight criteria (:mod:`prunelab.criteria.unstructured`: ``std``,
+``magnitude``, ``random``) give a keep-mask of a weight tensor and are used by
+:class:`prunelab.pruner.Pruner`; channel criteria (:mod:`prunelab.criteria.channels`:
+``l1_filter``, ``bn_scale``/``slimming``, ``thinet``) give a keep-mask of a layer's output units
+and are used by :func:`prunelab.criteria.channels.channel_keep`. Register your own with
+:func:`register_criterion`.
+
+Example:
+    >>> available_criteria()
+    ('bn_scale', 'l1_filter', 'magnitude', 'random', 'slimming', 'std', 'thinet')
 """
 
+from . import channels  # noqa: F401  (registers the channel criteria)
+from .base import Context, Criterion
+from .registry import (
+    as_criterion,
+    available_criteria,
+    criterion_class,
+    get_criterion,
+    register_criterion,
+    unregister_criterion,
+)
 from .unstructured import (
+    Magnitude,
+    RandomScores,
+    StdThreshold,
     global_magnitude_masks,
     keep_count,
     layer_seed,
     magnitude_mask,
+    population_std,
     random_mask,
     std_threshold_mask,
 )
 
 __all__ = [
+    "Context",
+    "Criterion",
+    "Magnitude",
+    "RandomScores",
+    "StdThreshold",
+    "as_criterion",
+    "available_criteria",
+    "criterion_class",
+    "get_criterion",
     "global_magnitude_masks",
     "keep_count",
     "layer_seed",
     "magnitude_mask",
+    "population_std",
     "random_mask",
+    "register_criterion",
     "std_threshold_mask",
+    "unregister_criterion",
 ]

@@ -1,14 +1,21 @@
 """Structured pruning criteria: which whole filters / channels / neurons to drop.
 
-Three criteria studied by Liu et al. 2019 ("Rethinking the Value of Network Pruning"):
+Three criteria studied by Liu et al. 2019 ("Rethinking the Value of Network Pruning"), each a
+registered :class:`ChannelCriterion` with a one-line function beside it:
 
-* :func:`l1_filter_keep`: L1-norm filter pruning (Li et al. 2017): per layer, drop the
-  fraction ``ratio`` of filters with the smallest ``sum |w|``.
-* :func:`slimming_keep` and :func:`slimming_penalty`: Network Slimming (Liu et al. 2017): an
-  L1 penalty on BatchNorm scale factors during training, then one global threshold on
-  ``|gamma|`` over all selected layers, with a per-layer floor.
-* :func:`thinet_keep`: ThiNet (Luo et al. 2017): greedily drop the input channels of the
-  *next* layer whose summed contribution to its output is smallest.
+* :class:`L1Filter` (``"l1_filter"``), :func:`l1_filter_keep`: L1-norm filter pruning (Li et
+  al. 2017): per layer, drop the fraction ``ratio`` of filters with the smallest ``sum |w|``.
+* :class:`BNScale` (``"bn_scale"``, alias ``"slimming"``), :func:`slimming_keep` and
+  :func:`slimming_penalty`: Network Slimming (Liu et al. 2017): an L1 penalty on BatchNorm
+  scale factors during training, then one global threshold on ``|gamma|`` over all selected
+  layers, with a per-layer floor (:func:`prunelab.allocation.global_keep`).
+* :class:`ThiNet` (``"thinet"``), :func:`thinet_keep`: ThiNet (Luo et al. 2017): greedily drop
+  the input channels of the *next* layer whose summed contribution to its output is smallest.
+
+:func:`channel_keep` runs any channel criterion: it resolves the layers, gives each one a
+:class:`~prunelab.criteria.base.Context` (model, structure, example input, seed, captured
+inputs) and allocates per layer or under one global threshold, with per-layer floors of
+``max(min_channels, ceil(min_fraction * channels))`` (so a layer is never emptied).
 
 Each criterion returns a keep-mask per layer, ``{layer: BoolTensor[out_units]}``, and changes
 nothing (except ThiNet's optional rescaling). :func:`apply_channel_masks` then masks the
@@ -41,11 +48,15 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..allocation import global_keep, keep_count, layer_amounts
 from ..graph import (
     BATCHNORM_TYPES,
     Link,
@@ -53,6 +64,7 @@ from ..graph import (
     following_batchnorms,
     surgery_blocker,
     surgery_links,
+    trace_structure,
 )
 from ..hooks import eval_forward
 from ..masks import effective_tensor, get_mask, is_masked, set_mask
@@ -61,12 +73,19 @@ from ..selection import (
     LINEAR_TYPES,
     LayerValue,
     out_units,
-    per_layer_values,
     select_layers,
 )
-from . import layer_seed
+from .base import Context, Criterion, checked_scores, layer_mask
+from .registry import as_criterion, register_criterion
+from .unstructured import layer_seed
 
 __all__ = [
+    "CHANNEL_SCOPES",
+    "BNScale",
+    "ChannelCriterion",
+    "L1Filter",
+    "ThiNet",
+    "channel_keep",
     "l1_filter_keep",
     "slimming_keep",
     "slimming_penalty",
@@ -74,11 +93,7 @@ __all__ = [
     "thinet_select",
 ]
 
-
-
-def _drop_count(units: int, ratio: float) -> int:
-    """``round(ratio * units)`` units dropped, but never all of them."""
-    return min(round(ratio * units), units - 1)
+CHANNEL_SCOPES: tuple[str, ...] = ("layer", "global")
 
 
 def _check_number(value: object, what: str, low: float, high: float, high_ok: bool) -> float:
@@ -92,27 +107,189 @@ def _check_number(value: object, what: str, low: float, high: float, high_ok: bo
     return v
 
 
-def _ratios(
+
+class ChannelCriterion(Criterion):
+    """A criterion over the output units (filters, channels, neurons) of a layer.
+
+    Scores and masks have shape ``[out_units]``; ``tensor`` is the layer's effective weight.
+    Subclasses say which layers they apply to (:meth:`candidates`, :meth:`unusable`), their
+    default allocation (``default_scope``) and what :func:`channel_keep` must provide
+    (``needs_structure``, ``needs_example_input``). Ties: the earlier unit is dropped first.
+    """
+
+    granularity = "channel"
+    ties = "earlier_dropped"
+    default_scope: ClassVar[str] = "layer"
+    needs_structure: ClassVar[bool] = False
+    needs_example_input: ClassVar[bool] = False
+
+    def mask_shape(self, tensor: torch.Tensor) -> tuple[int, ...]:
+        """``(out_units,)``."""
+        return (int(tensor.shape[0]),)
+
+    def candidates(self, model: nn.Module, structure: Structure | None) -> list[str]:
+        """The layers used when none are given: every conv layer here."""
+        return [n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)]
+
+    def unusable(self, model: nn.Module, structure: Structure | None, layer: str) -> str | None:
+        """Why an explicitly selected layer cannot be used (a full sentence), or None."""
+        return None
+
+
+def _resolve_layers(
     model: nn.Module,
-    ratio: LayerValue,
+    criterion: ChannelCriterion,
+    structure: Structure | None,
     layers: str | Sequence[str] | None,
     exclude: str | Sequence[str] | None,
-    default: Sequence[str],
-) -> dict[str, float]:
-    """Resolve layer patterns (``default`` names when ``layers`` is None) and per-layer ratios."""
+) -> list[str]:
+    """The selected layers: ``layers`` (each checked) or the criterion's candidates."""
     if layers is None:
         excl = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        default = criterion.candidates(model, structure)
         names = [n for n in default if not any(fnmatch.fnmatchcase(n, p) for p in excl)]
         if excl:
             select_layers(model, None, exclude=excl)  # validates the exclude patterns
     else:
         names = list(select_layers(model, layers, exclude=exclude))
+        for n in names:
+            reason = criterion.unusable(model, structure, n)
+            if reason:
+                raise ValueError(reason)
     if not names:
         raise ValueError("no layer selected; check the layers/exclude patterns")
-    return per_layer_values(ratio, names, what="ratio", low=0.0, high=1.0, high_inclusive=False)
+    return names
+
+
+def channel_keep(
+    model: nn.Module,
+    criterion: str | ChannelCriterion,
+    ratio: LayerValue,
+    *,
+    structure: Structure | None = None,
+    example_input: torch.Tensor | None = None,
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    scope: str | None = None,
+    min_channels: int = 1,
+    min_fraction: float = 0.0,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Which output units of each selected layer to keep, by a channel criterion.
+
+    ``scope="layer"``: each layer drops ``round(ratio * units)`` units (``ratio`` may be a
+    ``{pattern: ratio}`` mapping). ``scope="global"``: ``round(ratio * total)`` units are
+    dropped over all selected layers under one threshold on the scores (water-filling,
+    :func:`prunelab.allocation.global_keep`). Either way every layer keeps at least
+    ``max(min_channels, ceil(min_fraction * units))`` units: its highest-scoring ones.
+
+    Args:
+        model: the network (not changed, except by ThiNet's ``rescale``).
+        criterion: a registered channel criterion name or instance.
+        ratio: fraction of units dropped, in ``[0, 1)``.
+        structure: from :func:`prunelab.graph.trace_structure` (traced from
+            ``example_input`` when needed and not given).
+        example_input: a batch of real inputs (needed by ThiNet).
+        layers: glob pattern(s) of layers; the criterion's candidates when None.
+        exclude: glob pattern(s) to leave out.
+        scope: ``"layer"`` or ``"global"``; the criterion's ``default_scope`` when None.
+        min_channels: per-layer floor, an integer ``>= 1``.
+        min_fraction: per-layer floor as a fraction of the layer's units, in ``[0, 1]``.
+        seed: run seed; each layer's context gets ``layer_seed(seed, layer)``.
+
+    Returns:
+        ``{layer: BoolTensor[out_units]}``, True for the units kept.
+
+    Raises:
+        ValueError: unknown criterion or scope, a value out of range, bad patterns, a layer
+            the criterion cannot use, or floors that make a global ``ratio`` unreachable.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> conv = nn.Conv2d(1, 4, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = conv.weight.copy_(torch.tensor([3.0, -1.0, 2.0, 0.5]).view(4, 1, 1, 1))
+        >>> channel_keep(nn.Sequential(conv), "l1_filter", 0.5)["0"].tolist()
+        [True, False, True, False]
+    """
+    crit = as_criterion(criterion, granularity="channel")
+    if not isinstance(crit, ChannelCriterion):
+        raise TypeError(f"channel criterion {crit.label!r} must subclass ChannelCriterion")
+    scope = crit.default_scope if scope is None else scope
+    if scope not in CHANNEL_SCOPES:
+        raise ValueError(f"scope={scope!r} is unknown; allowed: {CHANNEL_SCOPES}")
+    if scope == "global":
+        if not crit.has_scores():
+            raise ValueError(
+                f"scope 'global' needs a criterion with scores; {crit.label!r} only computes "
+                "masks (use scope 'layer')"
+            )
+        if isinstance(ratio, Mapping):
+            raise ValueError(
+                f"scope 'global' ({crit.label}) uses one global ratio over all selected "
+                f"layers; got a mapping {dict(ratio)!r}"
+            )
+        r = _check_number(ratio, "ratio", 0.0, 1.0, False)
+    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+        raise ValueError(f"min_channels={min_channels!r} is out of range; allowed: integer >= 1")
+    frac = _check_number(min_fraction, "min_fraction", 0.0, 1.0, True)
+    if structure is None and (crit.needs_structure or crit.needs_example_input):
+        if example_input is None:
+            raise ValueError(
+                f"criterion {crit.label!r} needs structure= (prunelab.graph.trace_structure) "
+                "or example_input="
+            )
+        structure = trace_structure(model, example_input)
+    if crit.needs_example_input and example_input is None:
+        raise ValueError(f"criterion {crit.label!r} needs example_input= (a batch of inputs)")
+    names = _resolve_layers(model, crit, structure, layers, exclude)
+    mods = dict(model.named_modules())
+    tensors = {n: effective_tensor(mods[n]).detach() for n in names}
+    ctx = {
+        n: Context(layer=n, module=mods[n], model=model, structure=structure,
+                   example_input=example_input, seed=layer_seed(seed, n))
+        for n in names
+    }  # fmt: skip
+    needed = [m for n in names for m in crit.inputs_needed(ctx[n])]
+    if needed:  # one forward pass for all layers, before any of them changes
+        seen = MappingProxyType(_module_inputs(model, needed, example_input))
+        ctx = {n: replace(c, activations=seen) for n, c in ctx.items()}
+    units = {n: crit.mask_shape(tensors[n])[0] for n in names}
+    floors = {n: min(u, max(min_channels, math.ceil(frac * u))) for n, u in units.items()}
+    if scope == "layer":
+        ratios = layer_amounts(ratio, names, "sparsity", what="ratio")
+        return {n: layer_mask(crit, tensors[n], ratios[n], None, ctx[n], floors[n]) for n in names}
+    total = sum(units.values())
+    k = round(r * total)
+    capacity = total - sum(floors.values())
+    if k > capacity:
+        raise ValueError(
+            f"ratio={ratio!r} drops {k} of {total} channels, but the per-layer floors "
+            f"(min_channels={min_channels}, min_fraction={min_fraction}) keep at least "
+            f"{total - capacity}; allowed: ratio <= {capacity / total:.4f}"
+        )
+    scores = {n: checked_scores(crit, tensors[n], ctx[n]) for n in names}
+    return global_keep(scores, total - k, floors=floors, ties=crit.ties)
 
 
 # ----------------------------------------------------------------------------- L1-norm filters
+
+
+@register_criterion("l1_filter")
+@dataclass(frozen=True)
+class L1Filter(ChannelCriterion):
+    """Li et al. 2017: a filter's score is its L1 norm ``sum |w|`` (float64), per layer.
+
+    Example:
+        >>> import torch
+        >>> L1Filter().scores(torch.tensor([[1.0, -2.0], [0.5, 0.5]]), Context()).tolist()
+        [3.0, 1.0]
+    """
+
+    def scores(self, tensor: torch.Tensor, context: Context) -> torch.Tensor:
+        """``sum |w|`` over each output unit's weights, on the CPU."""
+        return tensor.reshape(tensor.shape[0], -1).abs().double().sum(dim=1).cpu()
 
 
 def l1_filter_keep(
@@ -150,18 +327,7 @@ def l1_filter_keep(
         >>> l1_filter_keep(nn.Sequential(conv), 0.34)["0"].tolist()
         [True, False, True]
     """
-    convs = [n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)]
-    ratios = _ratios(model, ratio, layers, exclude, convs)
-    mods = dict(model.named_modules())
-    out: dict[str, torch.Tensor] = {}
-    for name, r in ratios.items():
-        w = effective_tensor(mods[name]).detach()
-        norms = w.reshape(w.shape[0], -1).abs().double().sum(dim=1).cpu()
-        order = torch.sort(norms, stable=True).indices
-        keep = torch.ones(w.shape[0], dtype=torch.bool)
-        keep[order[: _drop_count(w.shape[0], r)]] = False
-        out[name] = keep
-    return out
+    return channel_keep(model, L1Filter(), ratio, layers=layers, exclude=exclude)
 
 
 # ----------------------------------------------------------------------------- Network Slimming
@@ -225,6 +391,44 @@ def slimming_penalty(
     return count
 
 
+@register_criterion("bn_scale", "slimming")
+@dataclass(frozen=True)
+class BNScale(ChannelCriterion):
+    """Network Slimming (Liu et al. 2017): a channel's score is ``|gamma|`` of its BatchNorm.
+
+    Applies to Linear/Conv layers followed by a BatchNorm; by default one global threshold
+    over all of them (``default_scope = "global"``).
+    """
+
+    default_scope = "global"
+    needs_structure = True
+
+    def candidates(self, model: nn.Module, structure: Structure | None) -> list[str]:
+        """Every Linear/Conv layer followed by a BatchNorm (in traced order)."""
+        found = [
+            n for n in dict.fromkeys(structure.layers) if following_batchnorms(model, structure, n)
+        ]
+        if not found:
+            raise ValueError("no Linear/Conv layer of the model is followed by a BatchNorm")
+        return found
+
+    def unusable(self, model: nn.Module, structure: Structure | None, layer: str) -> str | None:
+        """A layer without a following BatchNorm cannot be ranked."""
+        if layer in structure.layers and following_batchnorms(model, structure, layer):
+            return None
+        units = out_units(dict(model.named_modules())[layer])
+        return (
+            f"layer {layer!r} is not followed by a BatchNorm with {units} features; "
+            "Network Slimming ranks channels by BatchNorm scale factors"
+        )
+
+    def scores(self, tensor: torch.Tensor, context: Context) -> torch.Tensor:
+        """``|gamma|`` (effective, float64, CPU) of the layer's first following BatchNorm."""
+        bn_name = following_batchnorms(context.model, context.structure, context.layer)[0]
+        bn = dict(context.model.named_modules())[bn_name]
+        return effective_tensor(bn, "weight").detach().abs().double().cpu()
+
+
 def slimming_keep(
     model: nn.Module,
     ratio: float,
@@ -271,64 +475,10 @@ def slimming_keep(
         >>> slimming_keep(m, 0.5, trace_structure(m, torch.zeros(2, 2)))["0"].tolist()
         [False, True, False, True]
     """
-    if isinstance(ratio, Mapping):
-        raise ValueError(
-            "Network Slimming uses one global ratio over all selected layers; "
-            f"got a mapping {dict(ratio)!r}"
-        )
-    r = _check_number(ratio, "ratio", 0.0, 1.0, False)
-    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
-        raise ValueError(f"min_channels={min_channels!r} is out of range; allowed: integer >= 1")
-    frac = _check_number(min_fraction, "min_fraction", 0.0, 1.0, True)
-    mods = dict(model.named_modules())
-    with_bn = {
-        n: following_batchnorms(model, structure, n) for n in dict.fromkeys(structure.layers)
-    }
-    if layers is None:
-        default = [n for n, b in with_bn.items() if b]
-        if not default:
-            raise ValueError("no Linear/Conv layer of the model is followed by a BatchNorm")
-        names = list(_ratios(model, r, None, exclude, default))
-    else:
-        names = list(select_layers(model, layers, exclude=exclude))
-        for n in names:
-            if not with_bn.get(n):
-                raise ValueError(
-                    f"layer {n!r} is not followed by a BatchNorm with {out_units(mods[n])} "
-                    "features; Network Slimming ranks channels by BatchNorm scale factors"
-                )
-    if not names:
-        raise ValueError("no layer selected; check the layers/exclude patterns")
-    gammas, floors = [], []
-    for n in names:
-        bn = mods[with_bn[n][0]]
-        g = effective_tensor(bn, "weight").detach().abs().double().cpu()
-        gammas.append(g)
-        floors.append(min(g.numel(), max(min_channels, math.ceil(frac * g.numel()))))
-    total = sum(g.numel() for g in gammas)
-    k = round(r * total)
-    capacity = sum(g.numel() - f for g, f in zip(gammas, floors, strict=True))
-    if k > capacity:
-        raise ValueError(
-            f"ratio={ratio!r} drops {k} of {total} channels, but the per-layer floors "
-            f"(min_channels={min_channels}, min_fraction={min_fraction}) keep at least "
-            f"{total - capacity}; allowed: ratio <= {capacity / total:.4f}"
-        )
-    flat = torch.cat(gammas)
-    owner = torch.cat([torch.full((g.numel(),), i) for i, g in enumerate(gammas)])
-    offset = torch.cat([torch.arange(g.numel()) for g in gammas])
-    keep = [torch.ones(g.numel(), dtype=torch.bool) for g in gammas]
-    left = [g.numel() for g in gammas]
-    dropped = 0
-    for pos in torch.sort(flat, stable=True).indices.tolist():
-        if dropped == k:
-            break
-        i = int(owner[pos])
-        if left[i] > floors[i]:
-            keep[i][int(offset[pos])] = False
-            left[i] -= 1
-            dropped += 1
-    return dict(zip(names, keep, strict=True))
+    return channel_keep(
+        model, BNScale(), ratio, structure=structure, layers=layers, exclude=exclude,
+        scope="global", min_channels=min_channels, min_fraction=min_fraction,
+    )
 
 
 # ----------------------------------------------------------------------------- ThiNet
@@ -409,8 +559,8 @@ def _contributions(
     return (patches.double() * w[f].reshape(samples, units, -1).double()).sum(dim=2)
 
 
-def _consumer_inputs(
-    model: nn.Module, consumers: Sequence[str], x: torch.Tensor
+def _module_inputs(
+    model: nn.Module, names: Sequence[str], x: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     mods = dict(model.named_modules())
     box: dict[str, torch.Tensor] = {}
@@ -421,7 +571,7 @@ def _consumer_inputs(
 
         return _h
 
-    eval_forward(model, x, pre_hooks=[(mods[n], hook(n)) for n in dict.fromkeys(consumers)])
+    eval_forward(model, x, pre_hooks=[(mods[n], hook(n)) for n in dict.fromkeys(names)])
     return box
 
 
@@ -432,6 +582,82 @@ def _scale_columns(consumer: nn.Module, units: int, scale: torch.Tensor) -> None
         raw.copy_((raw.reshape(raw.shape[0], units, -1) * s).reshape(raw.shape))
     if is_masked(consumer):
         set_mask(consumer, "weight", get_mask(consumer))  # refresh the cached weight
+
+
+def _links(structure: Structure) -> dict[str, Link]:
+    return {lk.producer: lk for lk in surgery_links(structure)}
+
+
+@register_criterion("thinet")
+@dataclass(frozen=True)
+class ThiNet(ChannelCriterion):
+    """ThiNet (Luo et al. 2017): drop the channels the next layer misses least (greedy).
+
+    A mask criterion (no scores): each layer's mask comes from :func:`thinet_select` on
+    ``samples`` sampled outputs of its consumer, drawn with ``context.seed``; the consumer's
+    input comes from ``context.activations`` (captured before any layer changed).
+
+    Args:
+        samples: sampled outputs per layer, an integer ``>= 1``.
+        rescale: also fit the consumer's kept input channels by least squares and scale its
+            weights (changes the model; ThiNet's optional last step).
+
+    Raises:
+        ValueError: ``samples`` out of range.
+        TypeError: ``rescale`` is not a bool.
+    """
+
+    samples: int = 2048
+    rescale: bool = False
+    needs_structure = True
+    needs_example_input = True
+
+    def __post_init__(self) -> None:
+        s = self.samples
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"samples={s!r} is out of range; allowed: integer >= 1")
+        if not isinstance(self.rescale, bool):
+            raise TypeError(f"rescale={self.rescale!r} must be a bool")
+
+    def candidates(self, model: nn.Module, structure: Structure | None) -> list[str]:
+        """Every linked producer (a layer with a single consumer)."""
+        return list(_links(structure))
+
+    def unusable(self, model: nn.Module, structure: Structure | None, layer: str) -> str | None:
+        """A layer without a (single) consumer has nothing to reconstruct."""
+        if layer in _links(structure):
+            return None
+        reason = surgery_blocker(model, structure, layer) or "it has none"
+        return f"ThiNet needs the layer that consumes the channels of {layer!r}, but {reason}"
+
+    def inputs_needed(self, context: Context) -> tuple[str, ...]:
+        """The consumer of the layer."""
+        return (_links(context.structure)[context.layer].consumer,)
+
+    def compute_mask(
+        self,
+        tensor: torch.Tensor,
+        amount: float,
+        current: torch.Tensor | None,
+        context: Context,
+    ) -> torch.Tensor:
+        """Greedy selection of ``round(amount * units)`` channels (at least one stays)."""
+        lk = _links(context.structure)[context.layer]
+        consumer = dict(context.model.named_modules())[lk.consumer]
+        units = out_units(context.module)
+        gen = torch.Generator().manual_seed(context.seed)
+        contrib = _contributions(consumer, lk, context.activations[lk.consumer],
+                                 self.samples, gen)
+        removed = thinet_select(contrib, units - max(keep_count(units, amount), 1))
+        keep = torch.ones(units, dtype=torch.bool)
+        keep[removed] = False
+        if self.rescale and removed:
+            y = contrib.sum(dim=1, keepdim=True)
+            w = torch.linalg.lstsq(contrib[:, keep.to(contrib.device)], y).solution.flatten()
+            scale = torch.ones(units, dtype=torch.float64)
+            scale[keep] = w.cpu()
+            _scale_columns(consumer, units, scale)
+        return keep
 
 
 def thinet_keep(
@@ -488,37 +714,7 @@ def thinet_keep(
         >>> thinet_keep(m, 0.34, x, trace_structure(m, x))["0"].tolist()
         [True, False, True]
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples={samples!r} is out of range; allowed: integer >= 1")
-    linked = [lk.producer for lk in surgery_links(structure)]
-    if layers is not None:
-        for n in select_layers(model, layers, exclude=exclude):
-            if n not in linked:
-                reason = surgery_blocker(model, structure, n) or "it has none"
-                raise ValueError(
-                    f"ThiNet needs the layer that consumes the channels of {n!r}, but {reason}"
-                )
-    ratios = _ratios(model, ratio, layers, exclude, linked)
-    link_of = {lk.producer: lk for lk in surgery_links(structure)}
-    mods = dict(model.named_modules())
-    inputs = _consumer_inputs(model, [link_of[n].consumer for n in ratios], example_input)
-    out: dict[str, torch.Tensor] = {}
-    for name, r in ratios.items():
-        lk = link_of[name]
-        consumer = mods[lk.consumer]
-        units = out_units(mods[name])
-        gen = torch.Generator().manual_seed(layer_seed(seed, name))
-        contrib = _contributions(consumer, lk, inputs[lk.consumer], samples, gen)
-        removed = thinet_select(contrib, _drop_count(units, r))
-        keep = torch.ones(units, dtype=torch.bool)
-        keep[removed] = False
-        out[name] = keep
-        if rescale and removed:
-            y = contrib.sum(dim=1, keepdim=True)
-            w = torch.linalg.lstsq(contrib[:, keep.to(contrib.device)], y).solution.flatten()
-            scale = torch.ones(units, dtype=torch.float64)
-            scale[keep] = w.cpu()
-            _scale_columns(consumer, units, scale)
-    return out
-
-
+    return channel_keep(
+        model, ThiNet(samples=samples, rescale=rescale), ratio, structure=structure,
+        example_input=example_input, layers=layers, exclude=exclude, seed=seed,
+    )

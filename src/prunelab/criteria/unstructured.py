@@ -1,8 +1,10 @@
-"""What is unimportant: pure functions from weights (and the current mask) to a keep-mask.
+"""What is unimportant among weights: Han's std threshold, magnitude, random.
 
-Every function here is deterministic: ties are broken by position (stable sort) and random
-masks come from an explicit seed, so every process that holds the same weights computes the
-same mask (a requirement for data-parallel training, where all ranks must agree).
+Each criterion is a small registered class (:mod:`prunelab.criteria.base`) with a one-line
+function beside it for the common case. Every function here is deterministic: ties are
+broken by position (stable sort) and random masks come from an explicit seed, so every
+process that holds the same weights computes the same mask (a requirement for data-parallel
+training, where all ranks must agree).
 
 All functions are monotone with respect to ``current``: an entry already pruned is never
 kept again, and it is counted as pruned when a target sparsity is met.
@@ -21,41 +23,51 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
+from ..allocation import alive_mask, check_sparsity, density_floors, global_keep, keep_count
+from .base import Context, Criterion
+from .registry import register_criterion
+
 __all__ = [
+    "Magnitude",
+    "RandomScores",
+    "StdThreshold",
     "global_magnitude_masks",
     "keep_count",
     "layer_seed",
     "magnitude_mask",
+    "population_std",
     "random_mask",
     "std_threshold_mask",
 ]
 
 
-def _check_sparsity(sparsity: float) -> None:
-    if isinstance(sparsity, bool) or not (0.0 <= float(sparsity) < 1.0):
-        raise ValueError(f"sparsity={sparsity!r} is out of range; allowed: [0, 1)")
-
-
-def _alive(weight: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
-    if current is None:
-        return torch.ones_like(weight, dtype=torch.bool)
-    if current.shape != weight.shape:
-        raise ValueError(f"mask shape {tuple(current.shape)} != weight {tuple(weight.shape)}")
-    return current != 0
-
-
-def keep_count(numel: int, sparsity: float) -> int:
-    """Number of entries kept so that exactly ``round(sparsity * numel)`` are pruned.
+def population_std(t: torch.Tensor) -> float:
+    """Population standard deviation (numpy's default, ddof=0) in float64; 0 when empty.
 
     Example:
-        >>> keep_count(10, 0.25)
-        8
+        >>> import torch
+        >>> population_std(torch.tensor([1.0, -1.0, 1.0, -1.0]))
+        1.0
     """
-    _check_sparsity(sparsity)
-    return numel - round(sparsity * numel)
+    t = t.detach().double().flatten()
+    return float(t.std(correction=0)) if t.numel() > 0 else 0.0
+
+
+def layer_seed(seed: int, layer: str) -> int:
+    """A per-layer seed, a pure function of the run seed and the layer name.
+
+    Example:
+        >>> layer_seed(0, "fc1") == layer_seed(0, "fc1") != layer_seed(1, "fc1")
+        True
+    """
+    return (int(seed) * 1_000_003 + zlib.crc32(layer.encode())) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------- std rule
 
 
 def std_threshold_mask(
@@ -89,18 +101,82 @@ def std_threshold_mask(
         raise ValueError(f"std={std!r} is invalid; allowed: a finite std >= 0")
     # Compare in float64: against a float32 tensor the scalar q*std would be rounded to
     # float32 first, and a weight 1 ulp below the threshold would then be kept.
-    return (weight.abs().double() >= float(q) * float(std)) & _alive(weight, current)
+    return (weight.abs().double() >= float(q) * float(std)) & alive_mask(weight, current)
 
 
-def _scores_keep_top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
-    """Keep the ``keep`` highest scores among alive entries (ties: earlier position wins)."""
-    flat = scores.flatten().double()
-    flat = torch.where(alive.flatten(), flat, torch.full_like(flat, -math.inf))
-    keep = min(keep, int(alive.sum()))
-    order = torch.sort(flat, descending=True, stable=True).indices
-    out = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
-    out[order[:keep]] = True
-    return out.view_as(scores)
+@register_criterion("std")
+@dataclass(frozen=True)
+class StdThreshold(Criterion):
+    """Han et al. 2015: prune ``|w| < q * std`` (``amount`` is ``q``).
+
+    The std is the layer's dense std captured by the Pruner (``context.dense_std``) when
+    ``context.std_source`` is ``"dense"``, else (or when no dense std is known) the std of the
+    weights that survive now (``context.mask``). Scores are ``|w|``: a floor keeps the largest.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([0.1, -2.0, 0.5, -0.05])
+        >>> StdThreshold().compute_mask(w, 0.5, None, Context(dense_std=1.0)).tolist()
+        [False, True, True, False]
+    """
+
+    amount_kind = "q"
+
+    def std(self, tensor: torch.Tensor, context: Context) -> float:
+        """The std the threshold scales, as described above."""
+        if context.std_source == "dense" and context.dense_std is not None:
+            return float(context.dense_std)
+        alive = tensor[context.mask != 0] if context.mask is not None else tensor
+        return population_std(alive)
+
+    def scores(self, tensor: torch.Tensor, context: Context) -> torch.Tensor:
+        """``|w|`` (used only to hold a floor)."""
+        return tensor.abs()
+
+    def compute_mask(
+        self,
+        tensor: torch.Tensor,
+        amount: float,
+        current: torch.Tensor | None,
+        context: Context,
+    ) -> torch.Tensor:
+        """:func:`std_threshold_mask` with the std of :meth:`std`."""
+        return std_threshold_mask(tensor, amount, self.std(tensor, context), current)
+
+    def threshold(
+        self, tensor: torch.Tensor, amount: float, keep: torch.Tensor, context: Context
+    ) -> float | None:
+        """``q * std``."""
+        return amount * self.std(tensor, context)
+
+
+# ----------------------------------------------------------------------------- magnitude
+
+
+@register_criterion("magnitude")
+@dataclass(frozen=True)
+class Magnitude(Criterion):
+    """Keep the largest ``|w|`` (``amount`` is the target sparsity; ties: earlier kept).
+
+    Example:
+        >>> import torch
+        >>> Magnitude().compute_mask(torch.tensor([3.0, -1.0, 2.0, 0.5]), 0.25, None,
+        ...                          Context()).tolist()
+        [True, True, True, False]
+    """
+
+    def scores(self, tensor: torch.Tensor, context: Context) -> torch.Tensor:
+        """``|w|``."""
+        return tensor.abs()
+
+    def threshold(
+        self, tensor: torch.Tensor, amount: float, keep: torch.Tensor, context: Context
+    ) -> float | None:
+        """The smallest kept ``|w|``, when the step leaves some weight of the layer zero."""
+        if int(torch.count_nonzero(tensor * keep)) >= tensor.numel():
+            return None
+        kept = tensor.abs()[keep]
+        return float(kept.min()) if kept.numel() else None
 
 
 def magnitude_mask(
@@ -119,18 +195,31 @@ def magnitude_mask(
         >>> magnitude_mask(torch.tensor([3.0, -1.0, 2.0, 0.5]), 0.25).tolist()
         [True, True, True, False]
     """
-    k = keep_count(weight.numel(), sparsity)
-    return _scores_keep_top(weight.abs(), _alive(weight, current), k)
+    return Magnitude().compute_mask(weight, sparsity, current, Context())
 
 
-def layer_seed(seed: int, layer: str) -> int:
-    """A per-layer seed, a pure function of the run seed and the layer name.
+# ----------------------------------------------------------------------------- random
+
+
+@register_criterion("random")
+@dataclass(frozen=True)
+class RandomScores(Criterion):
+    """Uniform random scores from a CPU generator seeded with ``context.seed`` (the control).
+
+    The scores are the same on every device and every process, and do not depend on the
+    weights.
 
     Example:
-        >>> layer_seed(0, "fc1") == layer_seed(0, "fc1") != layer_seed(1, "fc1")
-        True
+        >>> import torch
+        >>> m = RandomScores().compute_mask(torch.ones(100), 0.3, None, Context(seed=0))
+        >>> int((~m).sum())
+        30
     """
-    return (int(seed) * 1_000_003 + zlib.crc32(layer.encode())) % (2**63 - 1)
+
+    def scores(self, tensor: torch.Tensor, context: Context) -> torch.Tensor:
+        """``torch.rand`` of the tensor's shape, seeded with ``context.seed``."""
+        gen = torch.Generator().manual_seed(int(context.seed))
+        return torch.rand(tensor.shape, generator=gen).to(tensor.device)
 
 
 def random_mask(
@@ -150,10 +239,10 @@ def random_mask(
         >>> int((~m).sum())
         30
     """
-    k = keep_count(weight.numel(), sparsity)
-    gen = torch.Generator().manual_seed(int(seed))
-    scores = torch.rand(weight.shape, generator=gen).to(weight.device)
-    return _scores_keep_top(scores, _alive(weight, current), k)
+    return RandomScores().compute_mask(weight, sparsity, current, Context(seed=seed))
+
+
+# ----------------------------------------------------------------------------- global
 
 
 def global_magnitude_masks(
@@ -169,7 +258,7 @@ def global_magnitude_masks(
     where floors make that impossible (then as many as the floors allow). A layer never keeps
     fewer than ``ceil(min_density * n_layer)`` weights (and never fewer than one if
     ``min_density > 0``); the budget a floor saves is taken from the other layers
-    (water-filling), so the total stays exact.
+    (water-filling, :func:`prunelab.allocation.global_keep`), so the total stays exact.
 
     Args:
         weights: ``{layer: weight}``.
@@ -190,61 +279,11 @@ def global_magnitude_masks(
         >>> m["a"].tolist(), m["b"].tolist()
         ([False, False, True, True], [False, True])
     """
-    _check_sparsity(sparsity)
-    names = list(weights)
-    floors_frac = (
-        dict(min_density) if isinstance(min_density, Mapping) else dict.fromkeys(names, min_density)
-    )
+    check_sparsity(sparsity)
     cur = dict(current or {})
-    alive = {n: _alive(weights[n], cur.get(n)) for n in names}
-    floor: dict[str, int] = {}
-    for n in names:
-        f = float(floors_frac.get(n, 0.0))
-        if not 0.0 <= f <= 1.0:
-            raise ValueError(f"min_density={f!r} for {n!r} is out of range; allowed: [0, 1]")
-        need = math.ceil(f * weights[n].numel()) if f > 0 else 0
-        floor[n] = min(max(need, 1 if f > 0 else 0), int(alive[n].sum()))
-    total = sum(w.numel() for w in weights.values())
-    keep_total = total - round(sparsity * total)
-    # Water-filling: layers whose global share falls under their floor are fixed at the floor,
-    # the rest share the remaining budget under one threshold. Each pass fixes >= 1 layer.
-    fixed: dict[str, int] = {}
-    while True:
-        free = [n for n in names if n not in fixed]
-        budget = keep_total - sum(fixed.values())
-        counts = _global_topk_counts({n: weights[n] for n in free}, alive, budget)
-        under = [n for n in free if counts[n] < floor[n]]
-        if not under:
-            break
-        for n in under:
-            fixed[n] = floor[n]
-    counts.update(fixed)
-    return {
-        n: _scores_keep_top(weights[n].abs(), alive[n], counts[n]) for n in names
-    }
-
-
-def _global_topk_counts(
-    weights: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor], budget: int
-) -> dict[str, int]:
-    """How many of each layer's alive weights fall in the global top-``budget`` by magnitude."""
-    names = list(weights)
-    if not names:
-        return {}
-    scores = torch.cat(
-        [
-            torch.where(
-                alive[n].flatten().cpu(),  # scores are gathered on the CPU
-                weights[n].detach().abs().flatten().double().cpu(),
-                torch.tensor(-math.inf, dtype=torch.float64),
-            )
-            for n in names
-        ]
-    )
-    owner = torch.cat(
-        [torch.full((weights[n].numel(),), i, dtype=torch.long) for i, n in enumerate(names)]
-    )
-    budget = max(0, min(budget, int(torch.isfinite(scores).sum())))
-    order = torch.sort(scores, descending=True, stable=True).indices[:budget]
-    counts = torch.bincount(owner[order], minlength=len(names))
-    return {n: int(counts[i]) for i, n in enumerate(names)}
+    alive = {n: alive_mask(w, cur.get(n)) for n, w in weights.items()}
+    sizes = {n: w.numel() for n, w in weights.items()}
+    floors = density_floors(min_density, sizes, {n: int(a.sum()) for n, a in alive.items()})
+    total = sum(sizes.values())
+    scores = {n: Magnitude().scores(w, Context(layer=n)) for n, w in weights.items()}
+    return global_keep(scores, total - round(sparsity * total), alive=alive, floors=floors)

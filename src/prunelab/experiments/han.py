@@ -206,6 +206,7 @@ class HanPipeline:
             self.example = self.data.x_train[:256]
         pc = config.prune
         self.pruner = Pruner(self.model, pc.layers, exclude=pc.exclude, std_source=pc.std_source)
+        self._check_schedule()
         self.structure: Structure | None = None
         self.dropout_feeds: dict[str, str] = dict(pc.dropout_map or {})
         mods = dict(self.model.named_modules())
@@ -256,11 +257,7 @@ class HanPipeline:
 
     def _prune(self, it: IterationConfig, index: int) -> None:
         pc = self.cfg.prune
-        amount = it.q if pc.method == "std" else it.sparsity
-        results = self.pruner.step(
-            pc.method, amount, layers=it.layers, scope=pc.scope, min_density=pc.min_density,
-            seed=self.cfg.seed + index, monotone=pc.monotone,
-        )
+        results = self.pruner.step(**self._step_arguments(it, index))
         dead = None
         if pc.dead_neurons:
             dead = prune_dead_neurons(self.model, self._structure(), self.example).counts()
@@ -269,6 +266,25 @@ class HanPipeline:
         self._emit(PruneEvent(iteration=index + 1, method=pc.method,
                               layers=[r.to_dict() for r in results], dead_neurons=dead,
                               reinit=pc.reinit))
+
+    def _step_arguments(self, it: IterationConfig, index: int) -> dict[str, Any]:
+        """The :meth:`Pruner.step` arguments of schedule iteration ``index``."""
+        pc = self.cfg.prune
+        return {"method": pc.method, "amount": pc.amount(it), "layers": it.layers,
+                "scope": pc.scope, "min_density": pc.min_density,
+                "seed": self.cfg.seed + index, "monotone": pc.monotone, **pc.method_options}
+
+    def _check_schedule(self) -> None:
+        """Reject bad schedule values (q, sparsity, layer names) before any training.
+
+        Raises:
+            ValueError: naming the schedule iteration and the problem.
+        """
+        for index, it in enumerate(self.cfg.prune.schedule):
+            try:
+                self.pruner.check_step(**self._step_arguments(it, index))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"prune.schedule[{index}]: {exc}") from None
 
     def _reinitialise(self, phase: int) -> None:
         """Re-draw surviving weights (the ablation the paper argues against).

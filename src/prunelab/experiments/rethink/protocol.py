@@ -63,8 +63,8 @@ from torch import nn
 
 from ...channel_masks import apply_channel_masks
 from ...checkpoint import load_tensors, save_tensors
-from ...criteria import layer_seed
-from ...criteria.channels import l1_filter_keep, slimming_keep, thinet_keep
+from ...criteria import get_criterion, layer_seed
+from ...criteria.channels import channel_keep
 from ...data import TensorBatches, TensorSplits, prepare_splits
 from ...graph import BATCHNORM_TYPES, Structure, following_batchnorms, trace_structure
 from ...masks import get_mask, is_masked, raw_parameter, set_mask
@@ -716,10 +716,11 @@ def prune(
 ) -> PrunedModel:
     """Prune a copy of ``model`` with ``method`` at ``ratio`` (``model`` is not changed).
 
-    Structured methods: the keep-masks of :func:`prunelab.criteria.channels.l1_filter_keep`,
-    :func:`~prunelab.criteria.channels.slimming_keep` or
-    :func:`~prunelab.criteria.channels.thinet_keep`
-    are installed by :func:`~prunelab.channel_masks.apply_channel_masks` (every selected layer
+    Structured methods: the channel criterion registered as ``method.kind`` (``l1_filter``,
+    ``slimming`` = ``bn_scale``, ``thinet``; :mod:`prunelab.criteria.channels`) gives keep-masks
+    through :func:`~prunelab.criteria.channels.channel_keep` (its default scope: per layer,
+    or one global threshold for slimming, each layer keeping at least ``method.min_fraction``),
+    installed by :func:`~prunelab.channel_masks.apply_channel_masks` (every selected layer
     must be removable physically) and :func:`prunelab.surgery.compact_model` builds the
     smaller model (it verifies that the two compute the same outputs). Magnitude: the
     ``ratio`` of the smallest weights is masked (:func:`prunelab.pruner.prune_model`),
@@ -744,14 +745,10 @@ def prune(
     structure = trace_structure(masked, example_input)
     keep = report = None
     if method.structured:
-        if method.kind == "l1_filter":
-            keep = l1_filter_keep(masked, ratio, layers=layers)
-        elif method.kind == "slimming":
-            keep = slimming_keep(masked, ratio, structure, layers=layers,
-                                 min_fraction=method.min_fraction)
-        else:
-            keep = thinet_keep(masked, ratio, example_input, structure, layers=layers,
-                               samples=method.thinet_samples, seed=seed)
+        options = {"samples": method.thinet_samples} if method.kind == "thinet" else {}
+        keep = channel_keep(masked, get_criterion(method.kind, **options), ratio,
+                            structure=structure, example_input=example_input, layers=layers,
+                            min_fraction=method.min_fraction, seed=seed)
         apply_channel_masks(masked, keep, structure, require_surgery=True)
         pruned, report = compact_model(masked, example_input, structure=structure, keep=keep,
                                        keep_masks=False)
