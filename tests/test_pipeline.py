@@ -300,3 +300,26 @@ def test_structure_links_through_view_with_size():
     s = trace_structure(Net(), torch.zeros(2, 1, 6, 6))
     assert [(lk.producer, lk.consumer, lk.block) for lk in s.links] == [("conv", "fc", 16)]
     assert s.verified
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ([{"q": 1.0, "epochs": 1}, {"q": -0.5, "epochs": 1}],
+         r"prune.schedule\[1\]: .*q=-0.5"),
+        ([{"q": 1.0, "epochs": 1, "layers": ["fc9"]}],
+         r"prune.schedule\[0\]: layer pattern 'fc9' matches no layer"),
+        ([{"q": {"*": 1.0, "nope": 0.5}, "epochs": 1}],
+         r"prune.schedule\[0\]: .*'nope' matches no selected layer"),
+    ],
+)
+def test_bad_schedule_values_are_rejected_before_any_training(
+    mlp_factory, data, config_factory, schedule, message
+):
+    cfg = config_factory(train={"epochs": 50}, prune={"method": "std", "schedule": schedule})
+    model = mlp_factory()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        HanPipeline(model, cfg, data)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing trained or pruned
