@@ -516,6 +516,36 @@ def test_torch_container_is_taken_over_trained_and_reported(mlp, x8):
     assert torch.equal(mlp(x8), expected)
 
 
+def test_masked_training_takes_over_a_torch_container_directly(mlp, x8):
+    torch_prune.l1_unstructured(mlp.fc3, "weight", amount=0.25)
+    torch_prune.l1_unstructured(mlp.fc3, "weight", amount=0.25)
+    mask = mlp.fc3.weight_mask
+    assert torch.count_nonzero(mlp.fc3.weight_orig.detach()[mask == 0]) > 0  # torch's way
+    opt = torch.optim.Adam(mlp.parameters(), lr=1e-2)
+    y = torch.arange(x8.shape[0]) % 4
+    with masked_training(mlp, opt) as after_step:
+        assert torch.count_nonzero(mlp.fc3.weight_orig.detach()[mask == 0]) == 0
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(mlp(x8), y).backward()
+            assert torch.count_nonzero(mlp.fc3.weight_orig.grad[mask == 0]) == 0
+            opt.step()
+            after_step()
+    assert [n for n, *_ in iter_masks(mlp)] == ["fc3"] and mlp.fc3.weight_mask is mask
+    assert torch.equal(mlp.fc3.weight, mlp.fc3.weight_orig * mask)
+
+
+def test_bad_inputs_name_the_value():
+    layer = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="list"):
+        set_mask(layer, "weight", [[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"'gain'.*'bias', 'weight'"):
+        set_mask(layer, "gain", torch.ones(2))
+    sd = {"gain_orig": torch.ones(2), "gain_mask": torch.ones(2)}
+    with pytest.raises(ValueError, match="no parameter 'gain'"):
+        load_pruned_state_dict(nn.Linear(2, 2), sd)
+
+
 def test_torch_prunes_a_prunelab_mask_further_and_training_follows(mlp, x8):
     set_mask(mlp.fc2, "weight", _half_mask(mlp.fc2.weight, 0))
     old = mlp.fc2.weight_mask
