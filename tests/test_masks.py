@@ -67,7 +67,7 @@ def test_optimizer_created_before_pruning_keeps_training(mlp, x8):
     kept = get_mask(mlp.fc1) != 0
     changed = (mlp.fc1.weight_orig.detach() != kept_before)[kept]
     assert changed.any(), "the optimizer no longer updates the weights the model uses"
-    mlp(x8)  # as in torch.nn.utils.prune, the forward pre-hook recomputes `weight`
+    # `weight` is `weight_orig * weight_mask` at every access, not only after a forward pass
     assert torch.equal(mlp.fc1.weight, mlp.fc1.weight_orig * get_mask(mlp.fc1))
 
 
@@ -190,7 +190,7 @@ def test_load_pruned_state_dict_rejects_unknown_module(mlp):
 
 def test_deepcopy_after_forward_with_grad(mlp, x8):
     Pruner(mlp).step("magnitude", 0.5)
-    mlp(x8).sum().backward()  # the pre-hook left `weight` attributes computed under autograd
+    mlp(x8).sum().backward()  # (torch's pre-hook would leave a non-leaf `weight` attribute)
     clone = copy.deepcopy(mlp)
     assert torch.equal(clone(x8), mlp(x8))
     assert clone.fc1.weight_mask is not mlp.fc1.weight_mask
@@ -308,7 +308,7 @@ def test_prunelab_pruned_model_pruned_further_by_torch(mlp, x8):
     )
     torch.testing.assert_close(out, manual)
     out.sum().backward()
-    copy.deepcopy(mlp)  # the torch hook's autograd attribute must not break deepcopy
+    copy.deepcopy(mlp)  # the torch container's assignment of `weight` must not break deepcopy
     pruner.step("magnitude", 0.8)
     assert sparsity(mlp.fc2) == pytest.approx(0.8, abs=1e-3)
     assert _pruned_entries(mlp.fc2)[pruned].all()

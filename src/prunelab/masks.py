@@ -1,17 +1,62 @@
 """Mask mechanics: how pruning is enforced.
 
-prunelab follows the convention of :mod:`torch.nn.utils.prune` exactly: a pruned tensor
-``name`` of a module becomes a parameter ``<name>_orig`` (the *same* ``Parameter`` object as
-before, so an optimizer created before pruning keeps working), a buffer ``<name>_mask`` of
-0/1 values, and a plain attribute ``<name>`` recomputed as ``orig * mask`` by a forward
-pre-hook. Consequently ``torch.nn.utils.prune.is_pruned(model)`` is true for a model pruned by
-prunelab, ``torch.nn.utils.prune.remove`` makes pruning permanent, and a model pruned with
-``torch.nn.utils.prune`` can be pruned further by prunelab.
+prunelab keeps the *names* of :mod:`torch.nn.utils.prune`: a pruned tensor ``name`` of a
+module is stored as a parameter ``<name>_orig`` (the *same* ``Parameter`` object as before,
+at the same position in ``module._parameters``, so an optimizer created before pruning and
+positional optimizer state dicts keep working) and a buffer ``<name>_mask`` of 0/1 values.
+What differs is how ``module.<name>`` is produced. ``torch.nn.utils.prune`` stores
+``orig * mask`` as a plain attribute, recomputed by a forward pre-hook of the module that
+owns it; that attribute is stale whenever the tensor is read outside its module's own
+forward (``nn.MultiheadAttention`` reads ``self.out_proj.weight`` directly, a weight-tied
+head shares the embedding's ``Parameter``) and it does not follow ``.to(dtype)``.
 
-On top of that convention prunelab keeps pruned entries of ``<name>_orig`` at exactly zero
-and clears the optimizer state of pruned entries (:func:`sync_optimizer`), so that no
-optimizer (SGD with momentum/Nesterov/weight decay, Adam, AdamW) can revive them: with a zero
-weight, a zero gradient (the mask multiplies it) and zero state, every update is exactly zero.
+Here ``<name>`` is a *property* of the module's class: the module's class is swapped for a
+subclass created once per (class, names) whose property returns ``<name>_orig * <name>_mask``
+at every access, with autograd, wherever the access comes from. So the value is never stale,
+the gradient of ``<name>_orig`` is exactly zero at pruned entries in any training loop, and
+``deepcopy``/``pickle``/``.to()`` see only parameters and buffers. The subclass keeps the
+class name (``repr`` and ``type(m).__name__`` are unchanged) and ``isinstance`` still holds.
+Interop with :mod:`torch.nn.utils.prune` both ways:
+
+* a ``BasePruningMethod`` pre-hook stays registered (one whose call does nothing; the
+  property does the work), so ``torch.nn.utils.prune.is_pruned(model)`` is true and
+  ``torch.nn.utils.prune.l1_unstructured`` & co. can prune further (they wrap it in a
+  ``PruningContainer`` and register a new mask buffer, which the property reads);
+* ``torch.nn.utils.prune.remove(module, name)`` works: deleting ``module.<name>`` (the first
+  thing ``remove`` does) restores the original class, then ``remove`` re-registers
+  ``<name>_orig`` as ``<name>`` holding ``orig * mask``;
+* the property's setter ignores tensors assigned to ``<name>`` (what a pruning hook assigns at
+  every forward, always ``orig * mask``), so a tensor pruned by torch (a single method or a
+  ``PruningContainer``) is taken over by :func:`set_mask`, which also replaces its torch hook
+  by prunelab's (the replaced hook is kept as ``hook.replaced``).
+
+Why a property: on speed the three mechanisms tie. ``benchmarks/bench_mask_mechanics.py``
+(results and command in ``benchmarks/results/mask_mechanics/``; CPU time of a training step,
+one thread, interleaved, median ratio to the dense model, run-to-run noise about +-3%):
+LeNet-5 hooks 1.07, ``parametrize`` 1.03, property 1.04; a TransformerEncoderLayer model
+hooks 1.05 (and wrong: ``out_proj`` never trains), ``parametrize`` 1.08, property 1.03;
+``masked_training`` 1.02 and 1.04. So the choice is made on correctness and interop:
+``torch.nn.utils.parametrize`` (what ``torch.ao.pruning`` uses) is as correct but renames the
+tensors (``parametrizations.weight.original``), which breaks ``torch.nn.utils.prune`` interop
+and every checkpoint; the hooks are wrong as soon as a tensor is read outside its module's
+forward. Inside
+:func:`masked_training` (our training loop) the property returns ``<name>_orig`` itself (no
+product) and a post-accumulate-grad hook multiplies the gradient by the mask, so pruned
+gradients are exactly zero before the optimizer step (``clip_grad_norm_`` sees only kept
+entries) while the kept entries' forward/backward numerics are those of the dense model.
+
+prunelab also keeps pruned entries of ``<name>_orig`` at exactly zero and clears the optimizer
+state of pruned entries (:func:`sync_optimizer`), so that no optimizer (SGD with
+momentum/Nesterov/weight decay, Adam, AdamW) can revive them: with a zero weight, a zero
+gradient and zero state, every update is exactly zero. A ``Parameter`` shared by several
+modules (tied embedding and head) is masked on all of them with one buffer by
+:func:`tie_masks`.
+
+Caveats: ``type(m) is nn.Linear`` is false for a masked layer (``isinstance`` holds; the
+class's ``__module__`` is the base's, so ``torch.fx`` still treats it as a leaf, and its
+``__qualname__`` says ``Linear[masked: weight]``); in-place writes to ``module.<name>`` change
+a temporary (write to ``<name>_orig``); ``Module.to()`` gives each module its own copy of a
+shared mask buffer, so call :func:`tie_masks` again after a dtype/device move of a tied model.
 
 Example:
     >>> import torch
@@ -19,21 +64,27 @@ Example:
     >>> from prunelab.masks import set_mask, sparsity
     >>> layer = nn.Linear(4, 2)
     >>> _ = set_mask(layer, "weight", torch.tensor([[1., 0, 1, 0], [0, 0, 1, 1]]))
-    >>> torch.nn.utils.prune.is_pruned(layer), sparsity(layer)
-    (True, 0.5)
+    >>> torch.nn.utils.prune.is_pruned(layer), sparsity(layer), type(layer).__name__
+    (True, 0.5, 'Linear')
+    >>> layer.weight_orig.grad is None
+    True
+    >>> layer(torch.ones(1, 4)).sum().backward()
+    >>> layer.weight_orig.grad[0].tolist()
+    [1.0, 0.0, 1.0, 0.0]
 """
 
 from __future__ import annotations
 
+import copyreg
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 __all__ = [
-    "DetachEffective",
     "effective_tensor",
     "enforce_masks",
     "get_mask",
@@ -47,6 +98,7 @@ __all__ = [
     "set_mask",
     "sparsity",
     "sync_optimizer",
+    "tie_masks",
 ]
 
 
@@ -106,7 +158,7 @@ def raw_parameter(
 def effective_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
     """Return the tensor the forward pass uses: ``orig * mask`` when masked, else the parameter.
 
-    Always recomputed, so it is valid even before the next forward pass.
+    Always recomputed (with autograd), so it is valid at any time.
 
     Example:
         >>> from torch import nn
@@ -119,55 +171,186 @@ def effective_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
     return raw_parameter(module, name)
 
 
-class DetachEffective:
-    """Forward hook that detaches ``module.<name>`` once the forward pass is done.
+# ----------------------------------------------------------------------------- the property
 
-    ``torch.nn.utils.prune``'s pre-hook stores ``orig * mask`` as a plain attribute with an
-    autograd history; such a non-leaf tensor makes ``copy.deepcopy(model)`` fail. The graph
-    of the pass already holds what backward needs, so the attribute itself can be detached.
+
+class _MaskMarker(torch_prune.BasePruningMethod):
+    """The ``torch.nn.utils.prune`` hook of a prunelab-masked tensor; its call does nothing.
+
+    It makes ``torch.nn.utils.prune.is_pruned`` true and gives ``torch.nn.utils.prune.remove``
+    and further torch pruning the method they expect (it behaves like ``prune.Identity``:
+    ``compute_mask`` returns the current mask). The effective tensor is the class property.
+    ``replaced`` is the torch hook this one replaced (``None`` for a tensor prunelab masked).
     """
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    PRUNING_TYPE = "unstructured"
 
-    def __call__(self, module: nn.Module, inputs: object, output: object) -> None:
-        value = module.__dict__.get(self.name)
-        if torch.is_tensor(value) and value.grad_fn is not None:
-            module.__dict__[self.name] = value.detach()
+    def __init__(self, name: str, replaced: torch_prune.BasePruningMethod | None = None) -> None:
+        self._tensor_name = name
+        self.replaced = replaced
 
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        return default_mask
 
-def _ensure_detach_hook(module: nn.Module, name: str) -> None:
-    for hook in module._forward_hooks.values():
-        if isinstance(hook, DetachEffective) and hook.name == name:
-            return
-    module.register_forward_hook(DetachEffective(name))
+    def __call__(self, module: nn.Module, inputs: object) -> None:
+        return None
 
 
-def _install(module: nn.Module, name: str) -> None:
-    """Reparametrise ``module.<name>`` with ``torch.nn.utils.prune.identity``, in place.
+# (original class, ((name, direct), ...)) -> subclass with one property per name
+_CLASSES: dict[tuple[type, tuple[tuple[str, bool], ...]], type] = {}
 
-    ``identity`` re-registers the parameter as ``<name>_orig`` at the *end* of the module's
-    parameters. It is moved back to where ``<name>`` was, so the parameter order (which
-    optimizer state dicts are keyed by) is the unpruned module's order whatever order masks
-    were installed in: a checkpoint whose keys come back sorted (safetensors) restores the
-    same order as the run that wrote it.
+
+def _property(name: str, direct: bool) -> property:
+    orig_key, mask_key = f"{name}_orig", f"{name}_mask"
+
+    if direct:  # inside masked_training: the parameter itself (pruned entries are zero)
+
+        def fget(self: nn.Module) -> torch.Tensor:
+            try:
+                return self._parameters[orig_key]
+            except KeyError:
+                raise AttributeError(name) from None  # unmasked by hand: Module.__getattr__
+    else:
+
+        def fget(self: nn.Module) -> torch.Tensor:
+            try:
+                return self._parameters[orig_key] * self._buffers[mask_key]
+            except KeyError:
+                raise AttributeError(name) from None
+
+    def fset(self: nn.Module, value: object) -> None:
+        # Pruning hooks (torch's, and older code) assign ``orig * mask`` here at every
+        # forward; the property computes it at every access, so the assignment is dropped.
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{type(self).__name__}.{name} is pruned ({orig_key} * {mask_key}); "
+                f"it accepts only tensors (which are ignored), not {type(value).__name__}; "
+                f"change {orig_key} or use prunelab.masks.set_mask"
+            )
+
+    def fdel(self: nn.Module) -> None:
+        _unmanage(self, name)
+
+    return property(fget, fset, fdel, f"``{orig_key} * {mask_key}`` (prunelab.masks).")
+
+
+def _new_masked_module(base: type, spec: tuple[str, ...], *args: Any) -> nn.Module:
+    """Unpickling/deepcopy constructor: an empty instance of the masked class (not direct)."""
+    cls = _masked_class(base, tuple((n, False) for n in spec))
+    return cls.__new__(cls, *args)
+
+
+def _masked_class(base: type, spec: tuple[tuple[str, bool], ...]) -> type:
+    key = (base, spec)
+    cls = _CLASSES.get(key)
+    if cls is not None:
+        return cls
+    names = tuple(n for n, _ in spec)
+
+    def __reduce_ex__(self: nn.Module, protocol: int) -> Any:  # noqa: N807
+        rv = super(cls, self).__reduce_ex__(max(protocol, 2))
+        if isinstance(rv, tuple) and rv[0] is copyreg.__newobj__ and rv[1][0] is type(self):
+            # Rebuild through this module (the class itself cannot be pickled by name), and
+            # always as the plain masked class: a copy made inside masked_training is not
+            # attached to the training session.
+            return (_new_masked_module, (base, names, *rv[1][1:]), *rv[2:])
+        return rv
+
+    namespace: dict[str, Any] = {
+        "__module__": base.__module__,
+        # __module__ as the base's: torch.fx keeps a torch.nn layer a leaf, and ``__name__``
+        # too (repr); the qualified name says what it is (``repr(type(m))``).
+        "__qualname__": f"{base.__qualname__}[masked: {', '.join(names)}]",
+        "__reduce_ex__": __reduce_ex__,
+        "_prunelab_base": base,
+        "_prunelab_spec": spec,
+    }
+    namespace.update({n: _property(n, direct) for n, direct in spec})
+    cls = type(base.__name__, (base,), namespace)
+    _CLASSES[key] = cls
+    return cls
+
+
+def _spec(module: nn.Module) -> dict[str, bool]:
+    return dict(type(module).__dict__.get("_prunelab_spec", ()))
+
+
+def _set_spec(module: nn.Module, spec: Mapping[str, bool]) -> None:
+    base = type(module).__dict__.get("_prunelab_base", type(module))
+    items = tuple(sorted(spec.items()))
+    module.__class__ = _masked_class(base, items) if items else base
+
+
+def _pruning_hooks(module: nn.Module, name: str) -> list[tuple[int, Any]]:
+    return [
+        (k, h) for k, h in module._forward_pre_hooks.items()
+        if isinstance(h, torch_prune.BasePruningMethod)
+        and getattr(h, "_tensor_name", None) == name
+    ]
+
+
+def _install(module: nn.Module, name: str, mask: torch.Tensor | None = None) -> None:
+    """Rename ``<name>`` to ``<name>_orig`` in place (same position) and add ``<name>_mask``.
+
+    The parameter keeps its position in ``module._parameters`` (optimizer state dicts are
+    positional), whatever order masks are installed in. ``mask`` is registered as is (the
+    same object; :func:`tie_masks`), else a mask of ones is created.
     """
-    keys = list(module._parameters)
-    position = keys.index(name) if name in keys else len(keys)
-    torch_prune.identity(module, name)
-    items = list(module._parameters.items())
-    moved = items.pop(next(i for i, (k, _) in enumerate(items) if k == f"{name}_orig"))
-    items.insert(position, moved)
+    param = module._parameters[name]
+    items = [(f"{name}_orig" if k == name else k, v) for k, v in module._parameters.items()]
     module._parameters.clear()
     module._parameters.update(items)
+    if mask is None:
+        mask = torch.ones_like(param, memory_format=torch.preserve_format)
+    module.register_buffer(f"{name}_mask", mask)
 
 
-def _refresh(module: nn.Module, name: str) -> None:
-    """Recompute the plain attribute ``module.<name>`` after a mask change (as the hook does)."""
-    with torch.no_grad():
-        value = module._parameters[f"{name}_orig"] * module._buffers[f"{name}_mask"]
-    # Same as the pre-hook, but outside autograd; the next forward recomputes it with grad.
-    setattr(module, name, value)
+def _manage(module: nn.Module, name: str, mask: torch.Tensor | None = None) -> None:
+    """Make ``module.<name>`` a prunelab mask: installed, property, hook, training sessions."""
+    if not is_masked(module, name):
+        if name not in module._parameters or module._parameters[name] is None:
+            raise ValueError(
+                f"module {type(module).__name__} has no parameter {name!r}; "
+                f"its parameters are {sorted(module._parameters)}"
+            )
+        _install(module, name, mask)
+    hooks = _pruning_hooks(module, name)
+    if len(hooks) != 1 or type(hooks[0][1]) is not _MaskMarker:
+        # A torch hook would recompute (and drop) orig * mask at every forward: replace it,
+        # at the same place, by the marker (it keeps the torch one for reference).
+        for k, _ in hooks[1:]:
+            del module._forward_pre_hooks[k]
+        if hooks:
+            k, old = hooks[0]
+            module._forward_pre_hooks[k] = _MaskMarker(name, replaced=old)
+        else:
+            module.register_forward_pre_hook(_MaskMarker(name))
+    module.__dict__.pop(name, None)  # torch's cached attribute (the property shadows it)
+    spec = _spec(module)
+    if name not in spec:
+        spec[name] = any(s.holds(module, name) for s in _SESSIONS)
+        _set_spec(module, spec)
+    for session in _SESSIONS:
+        session.adopt(module, name)
+
+
+def _unmanage(module: nn.Module, name: str) -> None:
+    """``del module.<name>``: drop the property (restoring the class) and leave sessions."""
+    for session in _SESSIONS:
+        session.release(module, name)
+    spec = _spec(module)
+    spec.pop(name, None)
+    _set_spec(module, spec)
+
+
+def _set_direct(module: nn.Module, name: str, direct: bool) -> None:
+    spec = _spec(module)
+    if name in spec and spec[name] != direct:
+        spec[name] = direct
+        _set_spec(module, spec)
+
+
+# ----------------------------------------------------------------------------- public API
 
 
 def set_mask(
@@ -179,10 +362,12 @@ def set_mask(
 ) -> torch.Tensor:
     """Install or update the pruning mask of ``module.<name>``.
 
-    The first call registers ``<name>_orig``/``<name>_mask`` and the forward pre-hook with
-    ``torch.nn.utils.prune.identity`` (the parameter object is kept, not replaced); later calls
+    The first call registers ``<name>_orig`` (the same parameter object, at the same position)
+    and ``<name>_mask`` and makes ``module.<name>`` the property ``orig * mask``; later calls
     write into the existing mask buffer in place. Pruned entries of ``<name>_orig`` are set to
-    exactly zero.
+    exactly zero. A tensor pruned by ``torch.nn.utils.prune`` is taken over (its mask is
+    kept and combined as below). Inside :func:`masked_training` the change takes effect at
+    the next forward pass, for a tensor that had no mask as well.
 
     Args:
         module: the module owning the tensor.
@@ -197,23 +382,24 @@ def set_mask(
 
     Raises:
         ValueError: the shape does not match or the parameter does not exist.
+        TypeError: ``mask`` is not a tensor.
 
     Example:
         >>> import torch
         >>> from torch import nn
         >>> layer = nn.Linear(2, 2)
         >>> m = set_mask(layer, "weight", torch.tensor([[1., 0.], [1., 1.]]))
-        >>> float(layer.weight[0, 1]) == 0.0  # -0.0 when the weight was negative
+        >>> float(layer.weight[0, 1].detach()) == 0.0  # -0.0 when the weight was negative
         True
     """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     param = raw_parameter(module, name)
     if tuple(mask.shape) != tuple(param.shape):
         raise ValueError(
             f"mask shape {tuple(mask.shape)} does not match {name!r} of shape {tuple(param.shape)}"
         )
-    if not is_masked(module, name):
-        _install(module, name)
-    _ensure_detach_hook(module, name)
+    _manage(module, name)
     buf = module._buffers[f"{name}_mask"]
     new = (mask != 0).to(dtype=buf.dtype, device=buf.device)
     with torch.no_grad():
@@ -222,7 +408,6 @@ def set_mask(
         else:
             buf.copy_(new)
         module._parameters[f"{name}_orig"].mul_(buf)
-    _refresh(module, name)
     return buf
 
 
@@ -240,6 +425,61 @@ def iter_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.Te
                 tensor_name = buf_name[: -len("_mask")]
                 if is_masked(module, tensor_name):
                     yield mod_name, module, tensor_name, buf
+
+
+def tie_masks(model: nn.Module) -> list[str]:
+    """Mask every other holder of a masked parameter with the same mask buffer object.
+
+    A ``Parameter`` held by several modules (an ``nn.Embedding`` and a ``Linear`` head sharing
+    one weight) is masked on every holder once it is masked on one: each holder sees
+    ``orig * mask`` with the *same* mask tensor, so a later :func:`set_mask` on any of them
+    applies to all. Holders that already have their own mask are merged into the first
+    one's (an entry pruned in either stays pruned). Idempotent; buffers are no longer shared
+    after ``model.to(...)`` changes their dtype or device, and a second call ties them again.
+
+    Returns:
+        The ``"<module>.<name>"`` tensors that were tied by this call (empty when nothing
+        changed).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> emb, head = nn.Embedding(4, 2), nn.Linear(2, 4, bias=False)
+        >>> head.weight = emb.weight
+        >>> model = nn.ModuleDict({"emb": emb, "head": head})
+        >>> _ = set_mask(emb, "weight", torch.tensor([[1., 0], [1, 1], [0, 1], [1, 1]]))
+        >>> tie_masks(model), tie_masks(model)
+        (['head.weight'], [])
+        >>> head.weight_mask is emb.weight_mask, bool((head.weight == emb.weight).all())
+        (True, True)
+    """
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for mod_name, module in model.named_modules():
+        for pname, p in module._parameters.items():
+            if p is None:
+                continue
+            base = pname.removesuffix("_orig")
+            name = base if pname != base and is_masked(module, base) else pname
+            holders.setdefault(id(p), []).append((mod_name, module, name))
+    tied: list[str] = []
+    for group in holders.values():
+        masked = [(m, n) for _, m, n in group if is_masked(m, n)]
+        if len(group) < 2 or not masked:
+            continue
+        mask = get_mask(*masked[0])
+        for mod_name, module, name in group:
+            own = get_mask(module, name)
+            if own is mask:
+                continue
+            if own is not None:
+                with torch.no_grad():
+                    mask.mul_((own != 0).to(dtype=mask.dtype, device=mask.device))
+                module._buffers[f"{name}_mask"] = mask
+            _manage(module, name, mask)
+            tied.append(f"{mod_name}.{name}" if mod_name else name)
+        with torch.no_grad():
+            masked[0][0]._parameters[f"{masked[0][1]}_orig"].mul_(mask)
+    return tied
 
 
 def enforce_masks(model: nn.Module) -> None:
@@ -262,7 +502,8 @@ def sync_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
 
     Every tensor-valued state entry of the same shape as a masked parameter (momentum
     buffers, Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, ...) is multiplied by the
-    mask. Call it after every mask change when the optimizer already holds state.
+    mask. Call it after every mask change when the optimizer already holds state (also inside
+    :func:`masked_training`; ``Pruner.step(optimizer=...)`` does).
 
     Returns:
         The number of state tensors that were masked.
@@ -275,22 +516,98 @@ def sync_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
         >>> sync_optimizer(opt, layer)
         0
     """
-    masks = {
-        id(module._parameters[f"{t}_orig"]): mask for _, module, t, mask in iter_masks(model)
-    }
+    masks: dict[int, list[torch.Tensor]] = {}
+    for _, module, t, mask in iter_masks(model):
+        found = masks.setdefault(id(module._parameters[f"{t}_orig"]), [])
+        if not any(m is mask for m in found):
+            found.append(mask)
     count = 0
     with torch.no_grad():
         for group in optimizer.param_groups:
             for p in group["params"]:
-                mask = masks.get(id(p))
                 state = optimizer.state.get(p)
-                if mask is None or not state:
+                if id(p) not in masks or not state:
                     continue
                 for value in state.values():
-                    if torch.is_tensor(value) and value.shape == mask.shape:
-                        value.mul_(mask.to(value.dtype))
+                    if torch.is_tensor(value) and value.shape == p.shape:
+                        for mask in masks[id(p)]:
+                            value.mul_(mask.to(value.dtype))
                         count += 1
     return count
+
+
+class _GradMask:
+    """Post-accumulate-grad hook: ``param.grad *= mask`` for every mask the parameter has."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[nn.Module, str]] = []
+
+    def __call__(self, param: torch.Tensor) -> None:
+        grad = param.grad
+        if grad is None:
+            return
+        for module, key in self.entries:
+            mask = module._buffers.get(key)
+            if mask is not None:
+                grad.mul_(mask)
+
+
+class _Session:
+    """The masked tensors of one :func:`masked_training` block."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = {id(m) for m in model.modules()}
+        self.entries: dict[tuple[int, str], tuple[nn.Module, str]] = {}
+        self.grad_hooks: dict[int, tuple[_GradMask, Any]] = {}
+
+    def holds(self, module: nn.Module, name: str) -> bool:
+        return (id(module), name) in self.entries
+
+    def adopt(self, module: nn.Module, name: str) -> None:
+        if id(module) not in self.modules or self.holds(module, name):
+            return
+        self.entries[id(module), name] = (module, name)
+        _set_direct(module, name, True)
+        param = module._parameters[f"{name}_orig"]
+        if not param.requires_grad:
+            return
+        if id(param) not in self.grad_hooks:
+            fn = _GradMask()
+            self.grad_hooks[id(param)] = (fn, param.register_post_accumulate_grad_hook(fn))
+        self.grad_hooks[id(param)][0].entries.append((module, f"{name}_mask"))
+
+    def release(self, module: nn.Module, name: str) -> None:
+        if self.entries.pop((id(module), name), None) is None:
+            return
+        for fn, _ in self.grad_hooks.values():
+            fn.entries = [(m, k) for m, k in fn.entries
+                          if not (m is module and k == f"{name}_mask")]
+
+    def after_step(self) -> None:
+        origs: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        seen: set[tuple[int, int]] = set()
+        for module, name in self.entries.values():
+            orig, mask = module._parameters[f"{name}_orig"], module._buffers[f"{name}_mask"]
+            if (id(orig), id(mask)) not in seen:
+                seen.add((id(orig), id(mask)))
+                origs.append(orig)
+                masks.append(mask)
+        if origs:
+            with torch.no_grad():
+                torch._foreach_mul_(origs, masks)
+
+    def close(self) -> None:
+        for _, handle in self.grad_hooks.values():
+            handle.remove()
+        self.grad_hooks.clear()
+        for module, name in self.entries.values():
+            if not any(s.holds(module, name) for s in _SESSIONS):
+                _set_direct(module, name, False)
+        self.entries.clear()
+
+
+_SESSIONS: list[_Session] = []
 
 
 @contextmanager
@@ -299,14 +616,18 @@ def masked_training(
 ) -> Iterator[Callable[[], None]]:
     """Fast exact masking for a training loop; yields ``after_step()`` to call after each step.
 
-    Inside the block the pruning hooks are taken off and ``module.<name>`` *is* the
-    ``<name>_orig`` parameter, so the forward pass costs what an unpruned model's does (no
-    ``orig * mask`` product, no hook calls); ``after_step()`` multiplies every
-    ``<name>_orig`` by its mask in place (one fused call), so every forward pass sees exactly
-    ``orig * mask``, as with ``torch.nn.utils.prune``'s hook. On exit the hooks are put back,
-    the masks re-applied, ``<name>`` recomputed and the optimizer's state of pruned entries
-    zeroed (:func:`sync_optimizer`). Tensors pruned by a chain of ``torch.nn.utils.prune``
-    methods (a ``PruningContainer``) keep their own hook.
+    Inside the block ``module.<name>`` *is* the ``<name>_orig`` parameter, so the forward pass
+    costs what an unpruned model's does (no ``orig * mask`` product); a hook on each
+    ``<name>_orig`` multiplies its gradient by the mask as soon as it is accumulated, so
+    gradients at pruned entries are exactly zero before the optimizer step (gradient clipping
+    sees only the kept entries), and ``after_step()`` multiplies every ``<name>_orig`` by its
+    mask in place (one fused call), so every forward pass sees exactly ``orig * mask``.
+    Masks may change between steps (:func:`set_mask`, also on a tensor that had no mask when
+    the block was entered, :func:`tie_masks`): the next forward uses the new mask, gradients
+    and ``after_step()`` follow it; call :func:`sync_optimizer` after such a change (as
+    ``Pruner.step(optimizer=...)`` does) to clear the state of newly pruned entries. On exit
+    the hooks are removed, ``module.<name>`` is ``orig * mask`` again, the masks are
+    re-applied and the optimizer's state of pruned entries is zeroed.
 
     Example:
         >>> import torch
@@ -316,51 +637,24 @@ def masked_training(
         >>> opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
         >>> with masked_training(layer, opt) as after_step:
         ...     layer(torch.ones(4, 3)).sum().backward()
+        ...     print(layer.weight_orig.grad[0].tolist())
         ...     opt.step()
         ...     after_step()
+        [4.0, 0.0, 4.0]
         >>> bool(layer.weight_orig[0, 1] == 0) and bool(layer.weight[0, 1] == 0)
         True
     """
-    removed: list[tuple[nn.Module, str, dict, dict]] = []
-    origs: list[torch.Tensor] = []
-    masks: list[torch.Tensor] = []
+    session = _Session(model)
     enforce_masks(model)
+    _SESSIONS.append(session)
     try:
-        for _, module, name, mask in list(iter_masks(model)):
-            pre = {
-                k: h for k, h in module._forward_pre_hooks.items()
-                if isinstance(h, torch_prune.BasePruningMethod)
-                and getattr(h, "_tensor_name", None) == name
-            }
-            if len(pre) != 1 or isinstance(next(iter(pre.values())),
-                                            torch_prune.PruningContainer):
-                continue
-            post = {k: h for k, h in module._forward_hooks.items()
-                    if isinstance(h, DetachEffective) and h.name == name}
-            for k in pre:
-                del module._forward_pre_hooks[k]
-            for k in post:
-                del module._forward_hooks[k]
-            removed.append((module, name, pre, post))
-            orig = module._parameters[f"{name}_orig"]
-            # Bypass Module.__setattr__ (it would register a second parameter).
-            module.__dict__[name] = orig
-            origs.append(orig)
-            masks.append(mask)
-
-        def after_step() -> None:
-            if origs:
-                with torch.no_grad():
-                    torch._foreach_mul_(origs, masks)
-
-        yield after_step
+        for _, module, name, _ in list(iter_masks(model)):
+            _manage(module, name)
+        yield session.after_step
     finally:
-        for module, _, pre, post in removed:
-            module._forward_pre_hooks.update(pre)
-            module._forward_hooks.update(post)
+        _SESSIONS.remove(session)
+        session.close()
         enforce_masks(model)
-        for module, name, _, _ in removed:
-            _refresh(module, name)
         if optimizer is not None:
             sync_optimizer(optimizer, model)
 
@@ -398,7 +692,8 @@ def load_pruned_state_dict(
 
     Keys ``<m>.<name>_mask`` install masks on ``model`` (in place, as in :func:`set_mask`)
     before the weights are loaded, so the ``_orig`` keys find their parameters. A plain
-    state dict (no masks) loads as usual.
+    state dict (no masks) loads as usual. Tied parameters get one shared mask again
+    (:func:`tie_masks`).
 
     Args:
         model: a freshly built model of the same architecture.
@@ -432,19 +727,24 @@ def load_pruned_state_dict(
         orig_key = f"{mod_name}.{tensor_name}_orig" if mod_name else f"{tensor_name}_orig"
         if orig_key not in state_dict:
             continue  # not in the prune convention; let load_state_dict report it
-        if not is_masked(module, tensor_name):
-            _install(module, tensor_name)
-        _ensure_detach_hook(module, tensor_name)
+        if not is_masked(module, tensor_name) and tensor_name not in module._parameters:
+            raise ValueError(
+                f"state dict has a mask {key!r} but module {mod_name!r} "
+                f"({type(module).__name__}) has no parameter {tensor_name!r}; "
+                f"its parameters are {sorted(module._parameters)}"
+            )
+        _manage(module, tensor_name)
         with torch.no_grad():
             module._buffers[f"{tensor_name}_mask"].copy_(value)
     model.load_state_dict(dict(state_dict), strict=strict)
-    for _, module, t, _ in list(iter_masks(model)):
-        _refresh(module, t)
+    tie_masks(model)
     return model
 
 
 def make_permanent(model: nn.Module, names: Iterable[str] | None = None) -> nn.Module:
     """Remove every mask (``torch.nn.utils.prune.remove``): zeros become plain weights.
+
+    The parameter keeps its object and its position in ``module._parameters``.
 
     Args:
         model: a pruned model (modified in place).
@@ -458,11 +758,18 @@ def make_permanent(model: nn.Module, names: Iterable[str] | None = None) -> nn.M
         >>> from torch import nn
         >>> layer = nn.Linear(2, 2)
         >>> _ = set_mask(layer, "weight", torch.eye(2))
-        >>> torch.nn.utils.prune.is_pruned(make_permanent(layer))
-        False
+        >>> torch.nn.utils.prune.is_pruned(make_permanent(layer)), list(layer._parameters)
+        (False, ['weight', 'bias'])
     """
     wanted = set(names) if names is not None else None
     for mod_name, module, t, _ in list(iter_masks(model)):
         if wanted is None or mod_name in wanted:
+            if not _pruning_hooks(module, t):
+                _manage(module, t)  # hookless (rebuilt by hand): give remove() its hook
+            position = list(module._parameters).index(f"{t}_orig")
             torch_prune.remove(module, t)
+            items = list(module._parameters.items())
+            items.insert(position, items.pop(next(i for i, (k, _) in enumerate(items) if k == t)))
+            module._parameters.clear()
+            module._parameters.update(items)
     return model
