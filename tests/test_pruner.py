@@ -413,3 +413,21 @@ def test_prune_model_with_optimizer_keeps_pruned_weights_exactly_zero(mlp, sync)
         assert moved == 0
     else:  # without the optimizer, stale momentum moves pruned entries off zero
         assert moved > 0
+
+
+def test_pruning_a_tied_head_masks_the_embedding_too() -> None:
+    """A Linear head tied to an Embedding: both read the same masked weight after a step."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(12, 6)
+    head = nn.Linear(6, 12, bias=False)
+    head.weight = emb.weight
+    model = nn.ModuleDict({"emb": emb, "head": head})
+    Pruner(model, layers="head").step("magnitude", 0.5)
+    tokens = torch.arange(12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model["emb"](tokens).sum().backward()  # a gradient only through the embedding
+    opt.step()
+    expected = head.weight_orig.detach() * head.weight_mask
+    assert torch.equal(model["emb"](tokens), expected[tokens])
+    assert int((model["emb"](tokens) == 0).sum()) == 36
+    assert float(head.weight_orig.detach()[head.weight_mask == 0].abs().sum()) == 0.0

@@ -29,7 +29,7 @@ from torch import nn
 from .allocation import alive_mask, density_floors, global_keep, layer_amounts
 from .criteria import Context, Criterion, as_criterion, layer_seed, population_std
 from .criteria.base import checked_scores, layer_mask
-from .masks import effective_tensor, get_mask, set_mask, sync_optimizer
+from .masks import effective_tensor, get_mask, set_mask, sync_optimizer, tie_masks
 from .selection import LayerValue, per_layer_values, select_layers
 
 __all__ = ["SCOPES", "STD_SOURCES", "LayerPruneResult", "Pruner", "prune_model"]
@@ -305,6 +305,7 @@ class Pruner:
             results.append(
                 LayerPruneResult(n, weights[n].numel(), before[n], after, thresholds[n], amt)
             )
+        tie_masks(self.model)  # modules sharing a pruned Parameter (tied weights) share its mask
         if optimizer is not None:
             sync_optimizer(optimizer, self.model)
         self.steps_done += 1

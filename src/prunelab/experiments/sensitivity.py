@@ -36,7 +36,7 @@ import yaml
 from torch import nn
 
 from ..criteria import magnitude_mask
-from ..masks import effective_tensor, get_mask, is_masked, raw_parameter
+from ..masks import effective_tensor, get_mask, raw_parameter
 from ..selection import select_layers
 from ..training import evaluate
 
@@ -185,9 +185,6 @@ def sensitivity_sweep(
                                            baseline))
         finally:
             param.copy_(saved)
-            if is_masked(module):
-                # keep the plain ``weight`` attribute consistent until the next forward
-                module.weight = module._parameters["weight_orig"] * module._buffers["weight_mask"]
     return rows
 
 
