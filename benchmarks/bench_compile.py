@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -42,11 +41,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_mask_mechanics import TinyTransformer, magnitude_mask, pruned_tensors
+from bench_mask_mechanics import (
+    bench_models,
+    magnitude_mask,
+    pruned_tensors,
+    run_info,
+)
 from torch import nn
 
 from prunelab.masks import iter_masks, masked_training, set_mask
-from prunelab.models import build_model
 
 VARIANTS = ("dense", "pruned", "pruned_masked_training")
 
@@ -234,25 +237,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/compile")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    models = {
-        "lenet5": (build_model("lenet5"), torch.randn(64, 1, 28, 28, generator=g),
-                   torch.randint(0, 10, (64,), generator=g)),
-        "transformer": (TinyTransformer(), torch.randn(16, 32, 64, generator=g),
-                        torch.randint(0, 10, (16,), generator=g)),
-    }
-    result: dict[str, object] = {
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
-        "cpus": os.cpu_count(),
-        "load_average_1min_at_start": os.getloadavg()[0],
-        "repeats": args.repeats,
-        "steps": args.steps,
-        "check_steps": args.check_steps,
-        "models": {},
-    }
+    models = bench_models()
+    result: dict[str, object] = {**run_info(args.threads), "repeats": args.repeats,
+                                 "steps": args.steps, "check_steps": args.check_steps,
+                                 "models": {}}
     for name, (base, x, y) in models.items():
         print(name)
         result["models"][name] = {  # type: ignore[index]

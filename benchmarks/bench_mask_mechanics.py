@@ -291,6 +291,29 @@ def markdown(result: dict[str, object], command: str) -> str:
     return "\n".join(lines)
 
 
+def bench_models() -> dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """The two benchmark models with one fixed batch each (seeded): LeNet-5, a transformer."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    return {
+        "lenet5": (build_model("lenet5"), torch.randn(64, 1, 28, 28, generator=g),
+                   torch.randint(0, 10, (64,), generator=g)),
+        "transformer": (TinyTransformer(), torch.randn(16, 32, 64, generator=g),
+                        torch.randint(0, 10, (16,), generator=g)),
+    }
+
+
+def run_info(threads: int) -> dict[str, object]:
+    """What a result was measured on: torch, threads, machine, load at the start."""
+    return {
+        "torch": torch.__version__,
+        "threads": threads,
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
+        "cpus": os.cpu_count(),
+        "load_average_1min_at_start": os.getloadavg()[0],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
@@ -299,24 +322,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/mask_mechanics")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    models = {
-        "lenet5": (build_model("lenet5"), torch.randn(64, 1, 28, 28, generator=g),
-                   torch.randint(0, 10, (64,), generator=g)),
-        "transformer": (TinyTransformer(), torch.randn(16, 32, 64, generator=g),
-                        torch.randint(0, 10, (16,), generator=g)),
-    }
-    result: dict[str, object] = {
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
-        "cpus": os.cpu_count(),
-        "load_average_1min_at_start": os.getloadavg()[0],
-        "repeats": args.repeats,
-        "steps": args.steps,
-        "models": {},
-    }
+    models = bench_models()
+    result: dict[str, object] = {**run_info(args.threads), "repeats": args.repeats,
+                                 "steps": args.steps, "models": {}}
     for name, (model, x, y) in models.items():
         result["models"][name] = bench_model(  # type: ignore[index]
             name, model, x, y, args.repeats, args.steps)
