@@ -91,9 +91,11 @@ def test_only_the_cli_imports_the_runner(module: str) -> None:
 
 
 def test_report_never_trains() -> None:
-    training = {"prunelab.training", "prunelab.pruner", "prunelab.experiments.han",
-                "prunelab.experiments.runner", "prunelab.experiments.rethink.protocol",
-                "prunelab.experiments.tradeoff"}
+    """report/ renders: it imports no training, pruning or experiment code (configs aside)."""
+    allowed = {"prunelab.experiments.rethink.config"}
     for m in MODULES:
         if m.startswith("prunelab.report"):
-            assert _imports(m, top_level_only=False) & training == set(), m
+            bad = {d for d in _imports(m, top_level_only=False) - allowed
+                   if d.startswith(("prunelab.experiments", "prunelab.training",
+                                    "prunelab.pruner"))}
+            assert bad == set(), (m, bad)

@@ -1,4 +1,5 @@
-"""Typed records of a run: epochs and events (prune, dropout rule, best epoch).
+"""Typed records of a run: epochs and events (prune, dropout rule, best epoch), and the
+points of a sensitivity sweep (:class:`SensitivityRow`, read and written as CSV).
 
 A run's ``log.jsonl`` and its checkpoint hold these records as JSON objects with a ``kind``
 field (``"epoch"``, ``"prune"``, ``"dropout"``, ``"best_epoch"``); in Python they are frozen
@@ -17,8 +18,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import csv
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = [
@@ -28,7 +31,10 @@ __all__ = [
     "Event",
     "PruneEvent",
     "Record",
+    "SensitivityRow",
+    "read_rows_csv",
     "record_from_dict",
+    "write_rows_csv",
 ]
 
 
@@ -167,3 +173,58 @@ def record_from_dict(data: Mapping[str, Any]) -> Record:
     except TypeError as exc:
         raise ValueError(f"{kind} record is incomplete: {exc}") from None
 
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    """One point of one layer's sensitivity curve.
+
+    Attributes:
+        layer: module name of the layer pruned alone.
+        mode: ``"q"`` or ``"sparsity"``: which quantity the grid set.
+        value: the grid value.
+        q: threshold of the point in units of the layer's weight std (for ``mode="q"`` the
+            grid value; for ``mode="sparsity"`` the equivalent ``q``, i.e. the smallest kept
+            ``|w|`` divided by the std, so both modes can suggest a ``q``).
+        sparsity: fraction of the layer's weights that are zero at this point.
+        val_accuracy: validation accuracy in [0, 1], no retraining.
+        baseline_accuracy: validation accuracy of the model before any of the sweep's pruning.
+    """
+
+    layer: str
+    mode: str
+    value: float
+    q: float
+    sparsity: float
+    val_accuracy: float
+    baseline_accuracy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/CSV-friendly form."""
+        return asdict(self)
+
+
+_CSV_FIELDS = ("layer", "mode", "value", "q", "sparsity", "val_accuracy", "baseline_accuracy")
+
+
+
+
+def write_rows_csv(rows: Iterable[SensitivityRow], path: str | Path) -> Path:
+    """Write sweep rows as CSV (accuracies as fractions)."""
+    p = Path(path)
+    with p.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.to_dict())
+    return p
+
+
+def read_rows_csv(path: str | Path) -> list[SensitivityRow]:
+    """Read rows written by :func:`write_rows_csv`."""
+    with Path(path).open(newline="") as fh:
+        return [
+            SensitivityRow(r["layer"], r["mode"], float(r["value"]), float(r["q"]),
+                           float(r["sparsity"]), float(r["val_accuracy"]),
+                           float(r["baseline_accuracy"]))
+            for r in csv.DictReader(fh)
+        ]

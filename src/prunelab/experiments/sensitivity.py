@@ -24,10 +24,8 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,9 @@ import torch
 import yaml
 from torch import nn
 
-from ..criteria import magnitude_mask
+from ..criteria import magnitude_mask, population_std
 from ..masks import effective_tensor, get_mask, raw_parameter
+from ..records import SensitivityRow, read_rows_csv, write_rows_csv
 from ..selection import select_layers
 from ..training import evaluate
 
@@ -63,41 +62,6 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "sparsity": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98,
                  0.99),
 }
-
-
-@dataclass(frozen=True)
-class SensitivityRow:
-    """One point of one layer's sensitivity curve.
-
-    Attributes:
-        layer: module name of the layer pruned alone.
-        mode: ``"q"`` or ``"sparsity"``: which quantity the grid set.
-        value: the grid value.
-        q: threshold of the point in units of the layer's weight std (for ``mode="q"`` the
-            grid value; for ``mode="sparsity"`` the equivalent ``q``, i.e. the smallest kept
-            ``|w|`` divided by the std, so both modes can suggest a ``q``).
-        sparsity: fraction of the layer's weights that are zero at this point.
-        val_accuracy: validation accuracy in [0, 1], no retraining.
-        baseline_accuracy: validation accuracy of the model before any of the sweep's pruning.
-    """
-
-    layer: str
-    mode: str
-    value: float
-    q: float
-    sparsity: float
-    val_accuracy: float
-    baseline_accuracy: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/CSV-friendly form."""
-        return asdict(self)
-
-
-def _std(t: torch.Tensor) -> float:
-    """Population std in float64 (the convention of :class:`prunelab.pruner.Pruner`)."""
-    t = t.detach().double().flatten()
-    return float(t.std(correction=0)) if t.numel() else 0.0
 
 
 def _check_grid(grid: Iterable[float], mode: str) -> list[float]:
@@ -159,7 +123,7 @@ def sensitivity_sweep(
         saved = param.detach().clone()
         w = effective_tensor(module).detach().clone()
         current = get_mask(module)
-        std = _std(w)
+        std = population_std(w)
         absw = w.abs()
         last: tuple[int, float] | None = None  # (nonzero, accuracy) of the previous point
         try:
@@ -304,31 +268,6 @@ def config_snippet(
                           sort_keys=False)
     head = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
     return head + body
-
-
-_CSV_FIELDS = ("layer", "mode", "value", "q", "sparsity", "val_accuracy", "baseline_accuracy")
-
-
-def write_rows_csv(rows: Iterable[SensitivityRow], path: str | Path) -> Path:
-    """Write sweep rows as CSV (accuracies as fractions)."""
-    p = Path(path)
-    with p.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_CSV_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row.to_dict())
-    return p
-
-
-def read_rows_csv(path: str | Path) -> list[SensitivityRow]:
-    """Read rows written by :func:`write_rows_csv`."""
-    with Path(path).open(newline="") as fh:
-        return [
-            SensitivityRow(r["layer"], r["mode"], float(r["value"]), float(r["q"]),
-                           float(r["sparsity"]), float(r["val_accuracy"]),
-                           float(r["baseline_accuracy"]))
-            for r in csv.DictReader(fh)
-        ]
 
 
 def resolve_model_file(path: str | Path) -> tuple[Path, Path]:

@@ -543,7 +543,7 @@ def sensitivity_curves(
     """One curve per layer: validation accuracy (%) against ``q`` or sparsity (no retraining).
 
     Args:
-        rows: :class:`~prunelab.experiments.sensitivity.SensitivityRow` objects (or mappings).
+        rows: :class:`~prunelab.records.SensitivityRow` objects (or mappings).
         x: ``"q"`` or ``"sparsity"`` on the x axis.
         budget: if given, a dotted line at baseline - budget (accuracy points).
     """

@@ -334,7 +334,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                                  run / "sensitivity" / "sensitivity.csv") if c.exists()), None)
 
     def sens(p: Path) -> Any:
-        from ..experiments.sensitivity import read_rows_csv
+        from ..records import read_rows_csv
 
         rows = read_rows_csv(sens_csv)
         return F.sensitivity_curves(rows, x="q" if rows and rows[0].mode == "q" else "sparsity",
