@@ -45,7 +45,9 @@ from bench_mask_mechanics import (
     bench_models,
     magnitude_mask,
     pruned_tensors,
+    results_header,
     run_info,
+    run_line,
 )
 from torch import nn
 
@@ -177,18 +179,8 @@ def bench_variant(base: nn.Module, variant: str, x: torch.Tensor, y: torch.Tenso
 
 def markdown(result: dict[str, object], command: str) -> str:
     lines = [
-        "# torch.compile on pruned models",
-        "",
-        "Produced by (from the repository root):",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"torch {result['torch']}, {result['threads']} thread(s), {result['machine']} with "
-        f"{result['cpus']} CPUs (1-min load average {result['load_average_1min_at_start']:.1f} "
-        f"at the start, {result['load_average_1min_at_end']:.1f} at the end, other jobs "
-        f"included), "
+        *results_header("torch.compile on pruned models", command),
+        run_line(result) + ", "
         f"default inductor backend; {result['repeats']} interleaved samples of "
         f"{result['steps']} steps. A step is zero_grad + forward + cross-entropy + backward + "
         "SGD (momentum) step (+ after_step). Times are median [min] ms per step of CPU time "

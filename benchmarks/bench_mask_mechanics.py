@@ -244,18 +244,9 @@ def bench_model(name: str, base: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def markdown(result: dict[str, object], command: str) -> str:
     lines = [
-        "# Mask mechanics: step time of the ways to enforce a pruning mask",
-        "",
-        "Produced by (from the repository root):",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"torch {result['torch']}, {result['threads']} thread(s), {result['machine']} with "
-        f"{result['cpus']} CPUs (1-min load average {result['load_average_1min_at_start']:.1f} "
-        f"at the start, {result['load_average_1min_at_end']:.1f} at the end, other jobs "
-        f"included); "
+        *results_header("Mask mechanics: step time of the ways to enforce a pruning mask",
+                        command),
+        run_line(result) + "; "
         f"{result['repeats']} interleaved samples of {result['steps']} steps each. "
         "A step is zero_grad + forward + cross-entropy + backward + SGD (momentum) step "
         "(+ after_step); fwd+bwd stops after backward. Times are median [min] ms per step; "
@@ -312,6 +303,20 @@ def run_info(threads: int) -> dict[str, object]:
         "cpus": os.cpu_count(),
         "load_average_1min_at_start": os.getloadavg()[0],
     }
+
+
+def results_header(title: str, command: str) -> list[str]:
+    """The title of a results README and the command that produced it."""
+    return [f"# {title}", "", "Produced by (from the repository root):", "", "```bash",
+            command, "```", ""]
+
+
+def run_line(result: dict[str, object]) -> str:
+    """Where a result was measured: torch, threads, machine and load, start and end."""
+    return (f"torch {result['torch']}, {result['threads']} thread(s), {result['machine']} with "
+            f"{result['cpus']} CPUs (1-min load average "
+            f"{result['load_average_1min_at_start']:.1f} at the start, "
+            f"{result['load_average_1min_at_end']:.1f} at the end, other jobs included)")
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from prunelab.config import RunConfig, parse_config
+from prunelab.criteria import Context, Criterion, register_criterion, unregister_criterion
 from prunelab.data import TensorSplits
 
 IMAGE = (1, 8, 8)
@@ -154,3 +156,21 @@ def convnet_factory() -> Callable[..., nn.Sequential]:
 def data_factory() -> Callable[..., TensorSplits]:
     """``make_data`` as a fixture."""
     return make_data
+
+
+@dataclass(frozen=True)
+class KeepFirst(Criterion):
+    """A user criterion: keeps the first entries of each weight (row-major order)."""
+
+    reverse: bool = False
+
+    def scores(self, tensor: torch.Tensor, context: Context) -> torch.Tensor:
+        idx = torch.arange(tensor.numel(), dtype=torch.float64).view(tensor.shape)
+        return idx if self.reverse else -idx
+
+
+@pytest.fixture
+def keep_first() -> Iterator[type[KeepFirst]]:
+    register_criterion("keep_first")(KeepFirst)
+    yield KeepFirst
+    unregister_criterion("keep_first")

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import BASE_CONFIG, build_mlp, make_data
+from conftest import BASE_CONFIG, KeepFirst, build_mlp, make_data
 
 from prunelab.config import load_config
-from prunelab.criteria import Context, Criterion, register_criterion, unregister_criterion
 from prunelab.experiments.han import HanPipeline
 from prunelab.masks import get_mask
 from prunelab.records import PruneEvent
@@ -21,24 +18,6 @@ from prunelab.records import PruneEvent
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 LAYERS = ("fc1", "fc2", "fc3")
-
-
-@dataclass(frozen=True)
-class KeepFirst(Criterion):
-    """Keeps the first entries of each weight (row-major order), whatever their values."""
-
-    reverse: bool = False
-
-    def scores(self, tensor: torch.Tensor, context: Context) -> torch.Tensor:
-        idx = torch.arange(tensor.numel(), dtype=torch.float64).view(tensor.shape)
-        return idx if self.reverse else -idx
-
-
-@pytest.fixture
-def keep_first() -> Iterator[type[KeepFirst]]:
-    register_criterion("keep_first")(KeepFirst)
-    yield KeepFirst
-    unregister_criterion("keep_first")
 
 
 def _first_half(shape: torch.Size) -> torch.Tensor:

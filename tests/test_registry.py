@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import build_convnet
+from conftest import KeepFirst, build_convnet
 
 from prunelab.criteria import (
     Context,
@@ -32,17 +31,6 @@ LAYERS = ("fc1", "fc2", "fc3")
 
 
 @dataclass(frozen=True)
-class KeepFirst(Criterion):
-    """Keeps the first entries of each weight (row-major order), whatever their values."""
-
-    reverse: bool = False
-
-    def scores(self, tensor: torch.Tensor, context: Context) -> torch.Tensor:
-        idx = torch.arange(tensor.numel(), dtype=torch.float64).view(tensor.shape)
-        return idx if self.reverse else -idx
-
-
-@dataclass(frozen=True)
 class AbsAbove(Criterion):
     """A mask rule with a ``q`` amount: keep ``|w| >= q`` (an absolute threshold)."""
 
@@ -51,13 +39,6 @@ class AbsAbove(Criterion):
     def compute_mask(self, tensor, amount, current, context):
         keep = tensor.abs() >= amount
         return keep if current is None else keep & (current != 0)
-
-
-@pytest.fixture
-def keep_first() -> Iterator[type[KeepFirst]]:
-    register_criterion("keep_first")(KeepFirst)
-    yield KeepFirst
-    unregister_criterion("keep_first")
 
 
 def _first_half(shape: torch.Size) -> torch.Tensor:
