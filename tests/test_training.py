@@ -13,7 +13,14 @@ from prunelab.data import TensorBatches
 from prunelab.masks import get_mask, set_mask, sync_optimizer
 from prunelab.models import build_model
 from prunelab.pruner import prune_model
-from prunelab.training import Callback, Trainer, epoch_seed, evaluate, evaluate_batches
+from prunelab.training import (
+    Callback,
+    Trainer,
+    epoch_seed,
+    evaluate,
+    evaluate_batches,
+    make_optimizer,
+)
 
 
 def _data(n: int = 64, d: int = 8, classes: int = 3, seed: int = 0):
@@ -187,3 +194,35 @@ def test_a_pruned_torchvision_resnet_trains_with_exact_zeros() -> None:
             mask = get_mask(m)
             assert float(m.weight_orig.detach()[mask == 0].abs().sum()) == 0.0, name
             assert not torch.equal(m.weight_orig[mask != 0], before[name][mask != 0]), name
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_pruned_weights_stay_exactly_zero_under_every_precision(precision: str) -> None:
+    from prunelab.pruner import Pruner
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10))
+    Pruner(model).step("magnitude", 0.6)
+    before = {i: get_mask(model[i]).clone() for i in (0, 3)}
+    w0 = model[3].weight.detach().clone()
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    opt = make_optimizer(model.parameters(), "adam", lr=1e-2, weight_decay=1e-3)
+    trainer = Trainer(model, opt, precision=precision)
+    assert (trainer.scaler is not None) == (precision == "fp16")
+    stats = trainer.train_epoch(batches)
+    assert stats.steps == 4 and stats.loss > 0
+    for i in (0, 3):
+        pruned = before[i] == 0
+        assert torch.equal(get_mask(model[i]), before[i])
+        assert bool((model[i].weight_orig[pruned] == 0).all())
+        assert bool((model[i].weight[pruned] == 0).all())
+        assert model[i].weight_orig.dtype == torch.float32
+    assert not torch.equal(model[3].weight.detach(), w0)  # it trained
+
+
+def test_unknown_precision_is_one_clear_error() -> None:
+    layer = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="precision 'fp8' is unknown; allowed: fp32, bf16, fp16"):
+        Trainer(layer, make_optimizer(layer.parameters(), "sgd", lr=0.1), precision="fp8")

@@ -92,6 +92,7 @@ __all__ = [
     "iter_masks",
     "load_pruned_state_dict",
     "make_permanent",
+    "mask_gradients",
     "mask_state",
     "masked_training",
     "raw_parameter",
@@ -657,6 +658,39 @@ def masked_training(
         enforce_masks(model)
         if optimizer is not None:
             sync_optimizer(optimizer, model)
+
+
+def mask_gradients(model: nn.Module) -> int:
+    """Multiply the gradient of every masked ``<name>_orig`` by its mask, in place.
+
+    :func:`masked_training` does this as each gradient is accumulated; call this after the
+    backward pass when something rewrites gradients later (``DistributedDataParallel``
+    copies the averaged gradients into ``.grad`` after the hooks ran), so that pruned
+    entries are exactly zero before gradient clipping and the optimizer step.
+
+    Returns:
+        The number of gradients masked.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> layer = nn.Linear(2, 1)
+        >>> _ = set_mask(layer, "weight", torch.tensor([[1.0, 0.0]]))
+        >>> layer.weight_orig.grad = torch.ones(1, 2)
+        >>> mask_gradients(layer), layer.weight_orig.grad.tolist()
+        (1, [[1.0, 0.0]])
+    """
+    grads: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    for _, module, name, mask in iter_masks(model):
+        grad = module._parameters[f"{name}_orig"].grad
+        if grad is not None:
+            grads.append(grad)
+            masks.append(mask)
+    if grads:
+        with torch.no_grad():
+            torch._foreach_mul_(grads, masks)
+    return len(grads)
 
 
 def sparsity(module: nn.Module, name: str = "weight") -> float:

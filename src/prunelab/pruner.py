@@ -29,6 +29,7 @@ from torch import nn
 from .allocation import alive_mask, density_floors, global_keep, layer_amounts
 from .criteria import Context, Criterion, as_criterion, layer_seed, population_std
 from .criteria.base import checked_scores, layer_mask
+from .distributed import broadcast_object, is_distributed, rank, sync_masks
 from .masks import effective_tensor, get_mask, set_mask, sync_optimizer, tie_masks
 from .selection import LayerValue, per_layer_values, select_layers
 
@@ -248,15 +249,68 @@ class Pruner:
                 (:func:`prunelab.masks.sync_optimizer`).
             options: constructor options of a criterion given by name.
 
+        In a process group with several ranks (a DDP job) every rank calls ``step`` with
+        the same arguments; rank 0 decides and its decision is installed on all of them (its
+        masks are broadcast and verified identical by digest, :mod:`prunelab.distributed`),
+        so masks stay identical even when a criterion depends on data or the weights drifted
+        apart.
+
         Returns:
             One :class:`LayerPruneResult` per affected layer.
 
         Raises:
             ValueError: everything :meth:`check_step` raises, and a step that would leave a
                 selected layer without any weight (no floor given); in every case before any
-                mask or the recorded dense std changed.
+                mask or the recorded dense std changed (in a process group: when rank 0
+                raises, on every rank).
+            prunelab.distributed.MaskMismatchError: ranks ended with different masks.
         """
-        plan = self._plan(method, amount, layers, scope, min_density, options)
+        if not is_distributed():
+            results = self._step_local(method, amount, layers, scope, min_density, seed,
+                                       monotone, options)
+        else:
+            results = self._step_agreed(method, amount, layers, scope, min_density, seed,
+                                        monotone, options)
+        if optimizer is not None:
+            sync_optimizer(optimizer, self.model)
+        return results
+
+    def _step_agreed(self, *args: Any) -> list[LayerPruneResult]:
+        """One step in a process group: rank 0 decides, every rank installs its decision.
+
+        Rank 0 computes the step on its weights (and, for a data-dependent criterion, its
+        data); its error is raised on every rank, or its masks are broadcast (and verified
+        identical by digest), with its recorded dense stds and results. A criterion must not
+        itself call collectives: it runs on rank 0 only.
+        """
+        error: str | None = None
+        results: list[LayerPruneResult] | None = None
+        if rank() == 0:
+            try:
+                results = self._step_local(*args)
+            except ValueError as exc:
+                error = str(exc)
+        error = broadcast_object(error)
+        if error is not None:
+            raise ValueError(error)
+        sync_masks(self.model)
+        tie_masks(self.model)
+        self.dense_std, self.steps_done, results = broadcast_object(
+            (self.dense_std, self.steps_done, results))
+        return results
+
+    def _step_local(
+        self,
+        method: str | Criterion,
+        amount: LayerValue,
+        layers: str | Sequence[str] | None,
+        scope: str,
+        min_density: LayerValue,
+        seed: int,
+        monotone: bool,
+        options: Mapping[str, Any],
+    ) -> list[LayerPruneResult]:
+        plan = self._plan(method, amount, layers, scope, min_density, dict(options))
         crit, names = plan.criterion, list(plan.layers)
         # The dense std of all layers, measured before the first mask changes any of them;
         # recorded only once the step succeeds.
@@ -306,8 +360,6 @@ class Pruner:
                 LayerPruneResult(n, weights[n].numel(), before[n], after, thresholds[n], amt)
             )
         tie_masks(self.model)  # modules sharing a pruned Parameter (tied weights) share its mask
-        if optimizer is not None:
-            sync_optimizer(optimizer, self.model)
         self.steps_done += 1
         return results
 

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,20 +39,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.batches import TensorBatches
-from .masks import masked_training
+from .distributed import all_reduce_sums, is_distributed, sync_buffers
+from .masks import mask_gradients, masked_training
 
 __all__ = [
     "OPTIMIZERS",
+    "PRECISIONS",
     "Callback",
     "EpochStats",
     "Trainer",
     "epoch_seed",
     "evaluate",
     "evaluate_batches",
+    "evaluate_sums",
     "make_optimizer",
+    "precision_context",
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -87,6 +94,35 @@ def make_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
     raise ValueError(f"optimizer {name!r} is unknown; allowed: {OPTIMIZERS}")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+
+
+def precision_context(
+    precision: str, device: torch.device | str
+) -> contextlib.AbstractContextManager[None]:
+    """The autocast context of a precision: none for ``fp32``, ``torch.autocast`` otherwise.
+
+    Parameters stay fp32 (the master weights); matrix products run in bf16/fp16. Masks
+    hold under every precision: the weights a layer uses are ``orig * mask`` with pruned
+    ``orig`` entries exactly zero, and a zero stays zero in every dtype.
+
+    Raises:
+        ValueError: unknown precision.
+
+    Example:
+        >>> import torch
+        >>> with precision_context("bf16", "cpu"):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.bfloat16
+    """
+    _check_precision(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def epoch_seed(seed: int, phase: int, epoch: int) -> int:
@@ -161,9 +197,17 @@ class Trainer:
             whose running statistics must not change).
         callbacks: :class:`Callback` objects, called in order.
         on_batch: ``on_batch(batch_index)`` after each step (progress bars).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 adds a
+            ``GradScaler``, whose skipped steps leave weights and masks as they were).
+        distributed: train through ``DistributedDataParallel`` (gradients averaged over
+            ranks; pruned gradients re-masked after the all-reduce; BatchNorm statistics
+            broadcast from rank 0 after each epoch). Default: whenever a process group with
+            several ranks is initialised. Build one Trainer per phase: DDP fixes the set of
+            trained (not frozen) parameters when it is built.
 
     Raises:
-        ValueError: a negative ``l1`` or a ``grad_clip`` that is not positive.
+        ValueError: a negative ``l1``, a ``grad_clip`` that is not positive, an unknown
+            precision.
     """
 
     def __init__(
@@ -179,7 +223,10 @@ class Trainer:
         eval_modules: Sequence[nn.Module] = (),
         callbacks: Sequence[Callback] = (),
         on_batch: Callable[[int], None] | None = None,
+        precision: str = "fp32",
+        distributed: bool | None = None,
     ) -> None:
+        _check_precision(precision)
         if not l1 >= 0:
             raise ValueError(f"l1={l1!r} is invalid; allowed: a strength >= 0")
         if grad_clip is not None and not grad_clip > 0:
@@ -195,6 +242,22 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.on_batch = on_batch
         self.step = 0
+        self.precision = precision
+        param = next(iter(model.parameters()), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        )
+        self.distributed = is_distributed() if distributed is None else bool(distributed)
+        self.net: nn.Module = model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                model,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
 
     def _set_lr(self) -> float:
         if self.lr_at is None:
@@ -237,10 +300,17 @@ class Trainer:
         with masked_training(model, opt) as after_step:
             for b, (xb, yb) in enumerate(batches):
                 lr = self._set_lr()
-                out = model(xb)
-                loss = self.loss_fn(out, yb)
+                with precision_context(self.precision, self.device):
+                    out = self.net(xb)
+                    loss = self.loss_fn(out, yb)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(opt)
+                else:
+                    loss.backward()
+                if self.distributed:
+                    mask_gradients(model)
                 if self.l1 > 0:
                     with torch.no_grad():
                         for p in self.l1_params:
@@ -249,7 +319,11 @@ class Trainer:
                 if self.grad_clip is not None:
                     params = [p for g in opt.param_groups for p in g["params"]]
                     torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-                opt.step()
+                if self.scaler is not None:
+                    self.scaler.step(opt)
+                    self.scaler.update()
+                else:
+                    opt.step()
                 after_step()
                 with torch.no_grad():
                     n = yb.shape[0]
@@ -265,6 +339,13 @@ class Trainer:
                 self.step += 1
                 if self.on_batch is not None:
                     self.on_batch(b)
+        if self.distributed:
+            sync_buffers(model)
+            loss_total, correct_total, examples_total = all_reduce_sums(
+                [float(loss_sum) if loss_sum is not None else 0.0,
+                 float(correct) if correct is not None else 0.0, examples])
+            loss_sum, correct = loss_total, correct_total
+            examples = int(examples_total)
         denom = max(1, examples)
         return EpochStats(
             float(loss_sum) / denom if loss_sum is not None else 0.0,
@@ -304,13 +385,55 @@ class Trainer:
 
 
 @torch.no_grad()
+def evaluate_sums(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    precision: str = "fp32",
+) -> tuple[float, int, int]:
+    """``(summed loss, correct predictions, examples)`` of ``model`` over ``batches``.
+
+    In eval mode (the training mode is restored), under ``precision``'s autocast.
+    ``loss_fn`` must accept ``reduction="sum"`` (as torch's losses do). Sums, unlike means,
+    add up over the shards of a data-parallel evaluation.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> evaluate_sums(nn.Linear(2, 2), [(torch.zeros(3, 2), torch.zeros(3).long())])[2]
+        3
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = 0.0
+    correct = n = 0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with precision_context(precision, device):
+            for xb, yb in batches:
+                out = model(xb)
+                loss_sum += float(loss_fn(out.float(), yb, reduction="sum"))
+                correct += int((out.argmax(1) == yb).sum())
+                n += yb.shape[0]
+    finally:
+        model.train(was_training)
+    return loss_sum, correct, n
+
+
 def evaluate_batches(
-    model: nn.Module, batches: Batches, *, loss_fn: LossFn = F.cross_entropy
+    model: nn.Module,
+    batches: Batches,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    precision: str = "fp32",
+    reduce: bool = False,
 ) -> tuple[float, float]:
     """``(mean loss, accuracy)`` of ``model`` over ``batches`` in eval mode.
 
     ``loss_fn`` must accept ``reduction="sum"`` (as torch's losses do). The model's training
-    mode is restored.
+    mode is restored. With ``reduce=True`` in a process group, ``batches`` is this rank's
+    shard and the sums are added over ranks first, so every rank gets the same figures.
 
     Example:
         >>> import torch
@@ -320,18 +443,10 @@ def evaluate_batches(
         >>> 0.0 <= acc <= 1.0
         True
     """
-    was_training = model.training
-    model.eval()
-    loss_sum = 0.0
-    correct = n = 0
-    try:
-        for xb, yb in batches:
-            out = model(xb)
-            loss_sum += float(loss_fn(out, yb, reduction="sum"))
-            correct += int((out.argmax(1) == yb).sum())
-            n += yb.shape[0]
-    finally:
-        model.train(was_training)
+    loss_sum, correct, n = evaluate_sums(model, batches, loss_fn=loss_fn, precision=precision)
+    if reduce and is_distributed():
+        loss_sum, c, m = all_reduce_sums([loss_sum, correct, n])
+        correct, n = int(c), int(m)
     n = max(1, n)
     return loss_sum / n, correct / n
 
