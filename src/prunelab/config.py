@@ -131,6 +131,24 @@ class TrainConfig(_Strict):
     keep_best: bool = Field(
         True, description="restore the weights of the best validation epoch at phase end"
     )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision of training (fp16 adds a GradScaler); "
+        "weights stay fp32 and pruned ones exactly zero"
+    )
+    channels_last: bool | None = Field(
+        None, description="channels-last memory format for conv nets (default: on CUDA)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Leave out the defaults of keys added later, so the configs (and config_hash) of
+        # earlier runs are unchanged.
+        data = handler(self)
+        if self.precision == "fp32":
+            data.pop("precision", None)
+        if self.channels_last is None:
+            data.pop("channels_last", None)
+        return data
 
 
 class RetrainConfig(_Strict):

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -253,10 +254,17 @@ class Trainer:
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
+            # Buffers (masks, BatchNorm statistics) are synced when DDP is built, not at
+            # every forward: masks change only through prunelab's broadcasts, BatchNorm
+            # statistics are sent once per epoch (sync_buffers).
+            params = inspect.signature(DistributedDataParallel).parameters
+            no_sync = (
+                {"forward_sync_buffers": False} if "forward_sync_buffers" in params
+                else {"broadcast_buffers": False}
+            )
             self.net = DistributedDataParallel(
-                model,
-                device_ids=[self.device] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
+                model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                **no_sync,
             )
 
     def _set_lr(self) -> float:

@@ -40,6 +40,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides["device"] = args.device
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if getattr(args, "precision", None) is not None:
+        overrides["train"] = {"precision": args.precision}
     if args.data_root is not None:
         overrides["data"] = {"root": args.data_root}
     return overrides
@@ -65,7 +67,8 @@ def _execute(cfg: object, args: argparse.Namespace) -> int:
         except ImportError:
             after = None
     summary = run_han(cfg, out, resume=args.resume, quiet=args.quiet, after_run=after)
-    _print_summary(summary, out)
+    if summary:  # empty on the ranks > 0 of a data-parallel run
+        _print_summary(summary, out)
     return 0
 
 
@@ -147,6 +150,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
     p.add_argument("--threads", type=int, help="torch CPU threads (overrides the config)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="training precision: autocast bf16/fp16 (overrides train.precision)")
     p.add_argument("--data-root", help="dataset directory (overrides data.root; else "
                    "PRUNELAB_DATA, else the shipped MNIST)")
     p.add_argument("--resume", action="store_true",

@@ -43,6 +43,7 @@ from ..config import (
 )
 from ..data import TensorBatches, TensorSplits
 from ..dead_neurons import prune_dead_neurons
+from ..distributed import broadcast_object, is_distributed, rank, sync_masks, world_size
 from ..graph import DROPOUT_TYPES, Structure, trace_structure
 from ..masks import effective_tensor, iter_masks, load_pruned_state_dict, set_mask, sparsity
 from ..metrics import ModelStats, model_stats
@@ -57,7 +58,15 @@ from ..records import (
 )
 from ..retrain_rules import DropoutChange, apply_dropout_rule, freeze_kind
 from ..schedules import lr_schedule
-from ..training import Callback, EpochStats, Trainer, epoch_seed, evaluate, make_optimizer
+from ..training import (
+    Callback,
+    EpochStats,
+    Trainer,
+    epoch_seed,
+    evaluate,
+    evaluate_batches,
+    make_optimizer,
+)
 
 __all__ = ["HanPipeline", "PhaseSettings", "PipelineResult", "Reporter", "SilentReporter"]
 
@@ -165,6 +174,13 @@ def _default_optimizer(
                           weight_decay=weight_decay, betas=tuple(cfg.betas))
 
 
+def _use_channels_last(config: RunConfig, device: torch.device, model: nn.Module) -> bool:
+    """Channels-last for conv nets: as configured, by default on CUDA only."""
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    wanted = config.train.channels_last
+    return has_conv and (device.type == "cuda" if wanted is None else wanted)
+
+
 class HanPipeline:
     """Run the prune-retrain pipeline of a :class:`~prunelab.config.RunConfig` on a model.
 
@@ -194,7 +210,17 @@ class HanPipeline:
     ) -> None:
         self.cfg = config
         self.device = torch.device(config.device)
+        if is_distributed() and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.rank, self.world = rank(), world_size()
+        if config.train.batch_size % self.world:
+            raise ValueError(
+                f"train.batch_size={config.train.batch_size} (the global batch) must be a "
+                f"multiple of the {self.world} ranks"
+            )
         self.model = model.to(self.device)
+        if _use_channels_last(config, self.device, self.model):
+            self.model.to(memory_format=torch.channels_last)
         self.data = data.to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.reporter = reporter or SilentReporter()
@@ -261,6 +287,9 @@ class HanPipeline:
         dead = None
         if pc.dead_neurons:
             dead = prune_dead_neurons(self.model, self._structure(), self.example).counts()
+            if is_distributed():  # found from activations: rank 0's decision everywhere
+                sync_masks(self.model)
+                dead = broadcast_object(dead)
         if pc.reinit:
             self._reinitialise(index + 1)
         self._emit(PruneEvent(iteration=index + 1, method=pc.method,
@@ -332,7 +361,7 @@ class HanPipeline:
 
     def _save_checkpoint(self) -> None:
         path = self._checkpoint_path()
-        if path is None:
+        if path is None or self.rank != 0:  # only rank 0 writes files
             return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_flat: dict[str, Any] | None = None
@@ -358,6 +387,8 @@ class HanPipeline:
             "dense_val_accuracy": self.dense_val_accuracy,
             "dropout_now": self.dropout_now,
         }
+        if self.world > 1:  # absent for 1 process, so earlier checkpoints stay valid
+            meta["world_size"] = self.world
         save_tensors(path, tensors, meta)
 
     def restore(self) -> bool:
@@ -385,6 +416,12 @@ class HanPipeline:
                 if k.startswith(prefix):
                     d[k[len(prefix):]] = v
         load_pruned_state_dict(self.model, strip["model."])
+        saved_world = int(meta.get("world_size", 1))
+        if saved_world != self.world:
+            raise ValueError(
+                f"checkpoint {str(path)!r} was written by a run of {saved_world} rank(s); "
+                f"resume it with {saved_world} (this job has {self.world})"
+            )
         self.pruner.load_state_dict(meta["pruner"])
         self.phase, self.epoch_done = int(meta["phase"]), int(meta["epoch_done"])
         self.history = [record_from_dict(r) for r in meta["history"]]
@@ -413,8 +450,7 @@ class HanPipeline:
         """
         if resume and not self._restored:
             self.restore()
-        batches = TensorBatches(self.data.x_train, self.data.y_train,
-                                batch_size=self.cfg.train.batch_size)
+        batches = self._train_batches()
         while self.phase < self.num_phases:
             phase = self.phase
             s = self.settings(phase)
@@ -442,6 +478,7 @@ class HanPipeline:
                 eval_modules=self._frozen_norms(phase),
                 callbacks=[_EpochEnd(self, phase, s.keep_best)],
                 on_batch=lambda b: self.reporter.batch(),
+                precision=self.cfg.train.precision,
             )
             trainer.fit(batches, epochs=s.epochs, start_epoch=self.epoch_done,
                         seed_of_epoch=lambda e, ph=phase: epoch_seed(self.cfg.seed, ph, e))
@@ -460,9 +497,22 @@ class HanPipeline:
             dense_state=self.dense_state,
         )
 
+    def _train_batches(self) -> TensorBatches:
+        """This rank's training batches: its share of each global batch of the config."""
+        bs = self.cfg.train.batch_size
+        if self.world == 1:
+            return TensorBatches(self.data.x_train, self.data.y_train, batch_size=bs)
+        return TensorBatches(self.data.x_train, self.data.y_train,
+                             batch_size=bs // self.world, rank=self.rank, world=self.world)
+
     def _validate(self) -> tuple[float, float]:
-        return evaluate(self.model, self.data.x_val, self.data.y_val,
-                        batch_size=self.cfg.eval_batch_size)
+        if self.world == 1:
+            return evaluate(self.model, self.data.x_val, self.data.y_val,
+                            batch_size=self.cfg.eval_batch_size)
+        shard = TensorBatches(self.data.x_val[self.rank::self.world],
+                              self.data.y_val[self.rank::self.world],
+                              batch_size=self.cfg.eval_batch_size, shuffle=False)
+        return evaluate_batches(self.model, shard, reduce=True)
 
     def _end_epoch(self, phase: int, keep_best: bool, stats: EpochStats, t0: float) -> None:
         """Validate, record, keep the best weights, checkpoint (after every epoch)."""

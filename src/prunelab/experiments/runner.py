@@ -32,6 +32,7 @@ import yaml
 
 from ..config import RunConfig, config_hash
 from ..data import prepare_splits
+from ..distributed import DistContext, broadcast_object, init_from_env, shutdown, world_size
 from ..masks import load_pruned_state_dict
 from ..metrics import ModelStats, model_stats
 from ..modelfile import save_model_file
@@ -68,48 +69,75 @@ def run_han(
         RunDirectoryError: ``out_dir`` holds a checkpoint and ``resume`` is false, or holds
             a run of another configuration.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = init_from_env(cfg.device)
+    try:
+        return _run(cfg, Path(out_dir), resume=resume, quiet=quiet, after_run=after_run,
+                    ctx=ctx)
+    finally:
+        if ctx is not None:
+            shutdown()
+
+
+def _run(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    resume: bool,
+    quiet: bool,
+    after_run: Any,
+    ctx: DistContext | None,
+) -> dict[str, Any]:
+    writer = ctx is None or ctx.is_writer
+    quiet = quiet or not writer
     ck = out / CHECKPOINT_NAME
-    if ck.exists() and not resume:
-        raise RunDirectoryError(
-            f"{str(out)!r} already holds a run (checkpoint {ck.name}); pass --resume to "
-            "continue it or choose another --out"
-        )
     cfg_path = out / "config.yaml"
     resolved = cfg.model_dump(mode="json")
-    if resume and cfg_path.exists():
-        saved = yaml.safe_load(cfg_path.read_text())
-        if saved != resolved:
-            raise RunDirectoryError(
+    problem: str | None = None
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        if ck.exists() and not resume:
+            problem = (
+                f"{str(out)!r} already holds a run (checkpoint {ck.name}); pass --resume to "
+                "continue it or choose another --out"
+            )
+        elif (resume and cfg_path.exists()
+              and yaml.safe_load(cfg_path.read_text()) != resolved):
+            problem = (
                 f"{str(out)!r} holds a run of another configuration; resume it with the "
                 "same config (and seed) or choose another --out"
             )
-    cfg_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        if problem is None:
+            cfg_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    # the other ranks learn rank 0's verdict, and read the run directory only after it
+    problem = broadcast_object(problem)
+    if problem is not None:
+        raise RunDirectoryError(problem)
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = ctx.device if ctx is not None else torch.device(cfg.device)
     splits = prepare_splits(cfg.data.name, cfg.data.root, val_size=cfg.data.val_size,
                             seed=cfg.seed, normalize=cfg.data.normalize,
                             subset=cfg.data.subset, device=device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, **cfg.model.kwargs)
-    log = JsonlLog(out / "log.jsonl")
+    log = JsonlLog(out / "log.jsonl") if writer else None
     reporter = RichReporter(quiet=quiet, log=log)
     pipe = HanPipeline(model, cfg, splits, run_dir=out, reporter=reporter)
     restored = pipe.restore() if resume else False
-    log.rewrite(
-        [r.to_dict() for r in sorted(
+    if log is not None:
+        records = sorted(
             [*pipe.history, *pipe.events],
-            key=lambda r: (r.global_epoch if isinstance(r, EpochRecord) else r.after_epoch + 0.5),
-        )] if restored else []
-    )
+            key=lambda r: r.global_epoch if isinstance(r, EpochRecord) else r.after_epoch + 0.5,
+        )
+        log.rewrite([r.to_dict() for r in records] if restored else [])
     if restored and not quiet:
         reporter.console.print(
             f"resuming {str(out)!r} at phase {pipe.phase}, epoch {pipe.epoch_done}"
         )
     result = pipe.run()
+    if not writer:  # every file is rank 0's
+        return {}
     m = splits.meta
     dataset_meta = {k: m[k] for k in ("name", "mean", "std", "normalize", "val_size",
                                       "split_seed", "subset")}
@@ -183,6 +211,8 @@ def _summary(
         "time_s": elapsed,
         "resumed": resumed,
         "device": cfg.device,
+        "world_size": world_size(),
+        "precision": cfg.train.precision,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
