@@ -71,18 +71,83 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-class DataConfig(_Strict):
-    """Dataset, validation split and an optional subset (for quick tests)."""
+IMAGEFOLDER_KEYS: tuple[str, ...] = (
+    "image_size", "resize_size", "mean", "std", "workers", "augment",
+)
 
-    name: Literal["mnist", "fashion-mnist"] = "mnist"
+
+class DataConfig(_Strict):
+    """Dataset, validation split and an optional subset (for quick tests).
+
+    ``mnist`` and ``fashion-mnist`` are held in memory. ``imagefolder`` reads the ImageNet
+    layout ``root/train/<class>/*`` and ``root/val/<class>/*`` through a ``DataLoader``;
+    ``val_size`` images are held out of ``train/`` (seeded) for every choice of the run, and
+    ``val/`` is the test set. Its keys: ``image_size`` (training random-resized crop and
+    evaluation centre crop), ``resize_size`` (evaluation resize), per-channel ``mean`` and
+    ``std`` (ImageNet's by default), ``workers`` and ``augment`` (random crop and flip).
+    """
+
+    name: Literal["mnist", "fashion-mnist", "imagefolder"] = "mnist"
     root: str | None = None
-    val_size: int = Field(5000, ge=0, lt=60000)
+    val_size: int = Field(5000, ge=0)
     subset: int | None = Field(None, gt=0)
     normalize: Literal["standard", "scale"] = Field(
         "standard",
         description="standard: (x - mean) / std; scale: x / std (keeps zero pixels zero, like "
         "Caffe's pixel scaling, so input-activation densities stay meaningful)",
     )
+    image_size: int = Field(224, gt=0)
+    resize_size: int = Field(256, gt=0)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    workers: int = Field(4, ge=0)
+    augment: bool = True
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size(cls, v: int, info: ValidationInfo) -> int:
+        name = info.data.get("name")
+        if name in ("mnist", "fashion-mnist") and v >= 60000:
+            raise ValueError(f"must be < 60000 for {name} (its training set has 60,000 images)")
+        return v
+
+    @model_validator(mode="after")
+    def _per_dataset(self) -> DataConfig:
+        if self.name == "imagefolder":
+            if any(not v > 0 for v in self.std):
+                raise ValueError(f"std {self.std} must be > 0 in every channel")
+            if self.resize_size < self.image_size:
+                raise ValueError(
+                    f"resize_size={self.resize_size} must be >= image_size={self.image_size} "
+                    "(the centre crop is taken from the resized image)"
+                )
+            return self
+        extra = sorted(set(IMAGEFOLDER_KEYS) & self.model_fields_set)
+        if extra:
+            raise ValueError(f"{', '.join(extra)} apply to name 'imagefolder' only, not "
+                             f"{self.name!r}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The image-folder keys are left out for the in-memory datasets, so their configs
+        # (and config_hash) are those of runs made before the keys existed.
+        data = handler(self)
+        if self.name != "imagefolder":
+            for key in IMAGEFOLDER_KEYS:
+                data.pop(key, None)
+        return data
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one input image.
+
+        Example:
+            >>> DataConfig(name="imagefolder", image_size=227).input_shape()
+            (3, 227, 227)
+        """
+        if self.name == "imagefolder":
+            return (3, self.image_size, self.image_size)
+        return (1, 28, 28)
 
 
 class OptimizerConfig(_Strict):

@@ -54,6 +54,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _execute(cfg: object, args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        from ..experiments.plan import format_plan, run_plan
+
+        print(format_plan(run_plan(cfg)))
+        return 0
     from ..experiments.runner import run_han
 
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-seed{cfg.seed}"
@@ -158,6 +163,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="continue an interrupted run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config, build the model, print the per-layer plan "
+                   "(parameters, FLOP, target density) and stop, without reading data")
 
 
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> (
