@@ -14,12 +14,15 @@ from typing import Any
 
 import torch
 
-from ..data import splits_for_model_file
+from ..config import RunConfig
+from ..data import DatasetError, TensorSplits, prepare_splits, splits_for_model_file
+from ..data.device import OnDevice
+from ..distributed import rank, world_size
 from ..metrics import model_stats
 from ..modelfile import load_any_model
-from ..training import evaluate
+from ..training import evaluate, evaluate_batches
 
-__all__ = ["evaluate_model_file", "test_error"]
+__all__ = ["evaluate_model_file", "open_splits", "split_test_error", "test_error"]
 
 
 def test_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -29,6 +32,45 @@ def test_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
 
 
 test_error.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def open_splits(cfg: RunConfig, device: str | torch.device = "cpu") -> Any:
+    """The data of a run config: in-memory tensors, or an image folder streamed from disk.
+
+    Raises:
+        prunelab.data.DatasetError: missing or malformed data (one line naming the path).
+    """
+    d = cfg.data
+    if d.name != "imagefolder":
+        return prepare_splits(d.name, d.root, val_size=d.val_size, seed=cfg.seed,
+                              normalize=d.normalize, subset=d.subset, device=device)
+    from ..data.imagefolder import ImageFolderSpec, open_imagefolder
+
+    if d.root is None:
+        raise DatasetError("data.root is unset: an image folder needs --data-root DIR (the "
+                           "ImageNet layout DIR/train/<class>/*, DIR/val/<class>/*)")
+    spec = ImageFolderSpec(
+        root=d.root, val_size=d.val_size, seed=cfg.seed, image_size=d.image_size,
+        resize_size=d.resize_size, mean=tuple(d.mean), std=tuple(d.std), workers=d.workers,
+        pin_memory=torch.device(device).type == "cuda", subset=d.subset,
+        train_augment=d.augment,
+    )
+    return open_imagefolder(spec)
+
+
+def split_test_error(
+    model: torch.nn.Module, splits: Any, batch_size: int, device: str | torch.device
+) -> float:
+    """Top-1 test error in percent on the test split of in-memory or streamed splits.
+
+    Streamed splits are evaluated shard by shard in a data-parallel run (every rank must
+    call this) and the counts summed over ranks.
+    """
+    if isinstance(splits, TensorSplits):
+        return test_error(model, splits.x_test, splits.y_test)
+    shard = splits.test_batches(batch_size, rank=rank(), world=world_size())
+    _, acc = evaluate_batches(model, OnDevice(shard, device), reduce=True)
+    return 100.0 * (1.0 - acc)
 
 
 def evaluate_model_file(

@@ -42,6 +42,7 @@ from ..config import (
     RunConfig,
 )
 from ..data import TensorBatches, TensorSplits
+from ..data.device import OnDevice
 from ..dead_neurons import prune_dead_neurons
 from ..distributed import broadcast_object, is_distributed, rank, sync_masks, world_size
 from ..graph import DROPOUT_TYPES, Structure, trace_structure
@@ -68,7 +69,14 @@ from ..training import (
     make_optimizer,
 )
 
-__all__ = ["HanPipeline", "PhaseSettings", "PipelineResult", "Reporter", "SilentReporter"]
+__all__ = [
+    "HanPipeline",
+    "PhaseSettings",
+    "PipelineResult",
+    "Reporter",
+    "SilentReporter",
+    "StreamedSplits",
+]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -81,6 +89,22 @@ class Reporter(Protocol):
     def epoch_end(self, record: EpochRecord) -> None: ...
     def event(self, record: Event) -> None: ...
     def phase_end(self) -> None: ...
+
+
+class StreamedSplits(Protocol):
+    """Splits streamed batch by batch (an image folder through a ``DataLoader``).
+
+    Each method returns CPU batches ``(images, labels)``; a rank of a data-parallel run
+    gets its shard (``train_batches`` dealt like ``DistributedSampler``, with
+    ``set_epoch``; ``val_batches`` disjoint shards without padding).
+    """
+
+    meta: Any
+
+    def train_batches(self, batch_size: int, *, rank: int = 0, world: int = 1) -> Any: ...
+    def val_batches(self, batch_size: int, *, rank: int = 0, world: int = 1) -> Any: ...
+    def test_batches(self, batch_size: int, *, rank: int = 0, world: int = 1) -> Any: ...
+    def example(self, n: int) -> torch.Tensor: ...
 
 
 class SilentReporter:
@@ -187,8 +211,9 @@ class HanPipeline:
     Args:
         model: the network, freshly initialised (or pretrained, with ``train.epochs: 0``).
         config: the validated configuration (``train`` and ``prune`` sections are used).
-        data: normalised training/validation tensors (:class:`prunelab.data.TensorSplits`;
-            the test split, if present, is never used here).
+        data: normalised training/validation tensors (:class:`prunelab.data.TensorSplits`),
+            or splits streamed from files (:class:`StreamedSplits`, e.g. an image folder);
+            the test split, if present, is never used here.
         run_dir: where checkpoints go; ``None`` keeps everything in memory.
         reporter: progress sink (silent by default).
         optimizer_factory: ``(params, lr, optimizer_config, weight_decay) -> optimizer``,
@@ -201,7 +226,7 @@ class HanPipeline:
         self,
         model: nn.Module,
         config: RunConfig,
-        data: TensorSplits,
+        data: TensorSplits | StreamedSplits,
         *,
         run_dir: str | Path | None = None,
         reporter: Reporter | None = None,
@@ -219,17 +244,23 @@ class HanPipeline:
                 f"multiple of the {self.world} ranks"
             )
         self.model = model.to(self.device)
-        if _use_channels_last(config, self.device, self.model):
+        self.channels_last = _use_channels_last(config, self.device, self.model)
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.data = data.to(self.device)
+        # in-memory tensors move to the device once; streamed data moves batch by batch
+        self.in_memory = isinstance(data, TensorSplits)
+        self.data = data.to(self.device) if self.in_memory else data
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.reporter = reporter or SilentReporter()
         self.optimizer_factory = optimizer_factory or _default_optimizer
-        self.example = (
-            example_input if example_input is not None else self.data.x_val[:256]
-        ).to(self.device)
-        if self.example.shape[0] == 0:
-            self.example = self.data.x_train[:256]
+        if example_input is not None:
+            self.example = example_input.to(self.device)
+        elif self.in_memory:
+            self.example = self.data.x_val[:256]
+            if self.example.shape[0] == 0:
+                self.example = self.data.x_train[:256]
+        else:
+            self.example = self.data.example(256).to(self.device)
         pc = config.prune
         self.pruner = Pruner(self.model, pc.layers, exclude=pc.exclude, std_source=pc.std_source)
         self._check_schedule()
@@ -497,15 +528,25 @@ class HanPipeline:
             dense_state=self.dense_state,
         )
 
-    def _train_batches(self) -> TensorBatches:
+    def _train_batches(self) -> TensorBatches | OnDevice:
         """This rank's training batches: its share of each global batch of the config."""
         bs = self.cfg.train.batch_size
+        if not self.in_memory:
+            return OnDevice(
+                self.data.train_batches(bs // self.world, rank=self.rank, world=self.world),
+                self.device, channels_last=self.channels_last)
         if self.world == 1:
             return TensorBatches(self.data.x_train, self.data.y_train, batch_size=bs)
         return TensorBatches(self.data.x_train, self.data.y_train,
                              batch_size=bs // self.world, rank=self.rank, world=self.world)
 
     def _validate(self) -> tuple[float, float]:
+        if not self.in_memory:
+            shard = self.data.val_batches(self.cfg.eval_batch_size, rank=self.rank,
+                                          world=self.world)
+            return evaluate_batches(
+                self.model, OnDevice(shard, self.device, channels_last=self.channels_last),
+                reduce=True)
         if self.world == 1:
             return evaluate(self.model, self.data.x_val, self.data.y_val,
                             batch_size=self.cfg.eval_batch_size)

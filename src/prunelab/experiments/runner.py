@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from ..config import RunConfig, config_hash
-from ..data import prepare_splits
+from ..data import TensorSplits
 from ..distributed import DistContext, broadcast_object, init_from_env, shutdown, world_size
 from ..masks import load_pruned_state_dict
 from ..metrics import ModelStats, model_stats
@@ -40,7 +40,7 @@ from ..models import build_model
 from ..progress import JsonlLog, RichReporter
 from ..records import DropoutEvent, EpochRecord, PruneEvent
 from ..report.tables import layer_table_markdown
-from .evaluation import test_error
+from .evaluation import open_splits, split_test_error
 from .han import CHECKPOINT_NAME, HanPipeline
 from .rundir import RunDirectoryError
 
@@ -116,9 +116,7 @@ def _run(
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = ctx.device if ctx is not None else torch.device(cfg.device)
-    splits = prepare_splits(cfg.data.name, cfg.data.root, val_size=cfg.data.val_size,
-                            seed=cfg.seed, normalize=cfg.data.normalize,
-                            subset=cfg.data.subset, device=device)
+    splits = open_splits(cfg, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, **cfg.model.kwargs)
     log = JsonlLog(out / "log.jsonl") if writer else None
@@ -136,19 +134,22 @@ def _run(
             f"resuming {str(out)!r} at phase {pipe.phase}, epoch {pipe.epoch_done}"
         )
     result = pipe.run()
+    dense = build_model(cfg.model.name, **cfg.model.kwargs).to(device)
+    load_pruned_state_dict(dense, result.dense_state)
+    # every rank takes part (a data-parallel run evaluates its shard of the test set)
+    test_error_dense = split_test_error(dense, splits, cfg.eval_batch_size, device)
+    test_error_pruned = split_test_error(result.model, splits, cfg.eval_batch_size, device)
     if not writer:  # every file is rank 0's
         return {}
     m = splits.meta
-    dataset_meta = {k: m[k] for k in ("name", "mean", "std", "normalize", "val_size",
-                                      "split_seed", "subset")}
+    if isinstance(splits, TensorSplits):
+        dataset_meta = {k: m[k] for k in ("name", "mean", "std", "normalize", "val_size",
+                                          "split_seed", "subset")}
+    else:
+        dataset_meta = dict(m)
     spec = cfg.model.model_dump(mode="json")
-
-    dense = build_model(cfg.model.name, **cfg.model.kwargs).to(device)
-    load_pruned_state_dict(dense, result.dense_state)
     dense_stats = model_stats(dense, pipe.example)
     save_model_file(out / "dense_model.safetensors", dense, spec, dataset=dataset_meta)
-    test_error_dense = test_error(dense, splits.x_test, splits.y_test)
-    test_error_pruned = test_error(result.model, splits.x_test, splits.y_test)
     summary = _summary(cfg, result.stats, dense_stats, test_error_dense, test_error_pruned,
                        result, time.perf_counter() - t_start, restored)
     save_model_file(out / "model.safetensors", result.model, spec, dataset=dataset_meta,
