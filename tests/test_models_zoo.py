@@ -290,7 +290,7 @@ def test_vgg16_cifar_layout():
     assert len(convs) == 13 and convs[0] == "features.conv1_1" and convs[-1] == "features.conv5_3"
     assert all(m.bias is None for m in net.modules() if isinstance(m, nn.Conv2d))
     assert list(net.classifier._modules) == ["fc1", "bn1", "relu1", "fc2"]
-    assert float(net.features.bn1_1.weight[0]) == 0.5  # the Rethinking code's BN init
+    assert float(net.features.bn1_1.weight.detach()[0]) == 0.5  # the Rethinking code's BN init
     # Li et al.'s max-pooled variant has the same parameters
     assert _params(VGG16Cifar(cfg=(*VGG16_CIFAR_CFG, "M"))) == _params(net)
     with torch.no_grad():
