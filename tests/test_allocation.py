@@ -36,6 +36,30 @@ def test_keep_top_never_keeps_dead_entries_even_with_low_scores():
     assert keep_top(s, 10, alive).tolist() == [True, False, True, True]
 
 
+@pytest.mark.parametrize("ties", ["earlier_kept", "earlier_dropped"])
+def test_keep_top_selection_equals_the_stable_sort(ties):
+    """The selection path gives exactly the masks of the stable sort, ties and dead included."""
+    from prunelab.allocation import _keep_top_sorted
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        n = int(torch.randint(1, 24, (1,), generator=g))
+        # few distinct values (many ties), signed zeros and infinities among them
+        s = torch.tensor([0.0, -0.0, 1.0, 2.0, -math.inf, math.inf])[
+            torch.randint(0, 6, (n,), generator=g)]
+        alive = torch.rand(n, generator=g) > 0.3 if trial % 3 else None
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.int64):
+            sd = s.clamp(-5, 5).to(dtype) if dtype is torch.int64 else s.to(dtype)
+            for k in {0, 1, n // 3, n // 2, n - 1, n, n + 1}:
+                want = _keep_top_sorted(sd.double(), k, alive, ties)
+                assert torch.equal(keep_top(sd, k, alive, ties=ties), want), (sd, k, alive)
+
+
+def test_keep_top_with_nan_scores_follows_the_sort():
+    s = torch.tensor([1.0, math.nan, 3.0, 2.0])
+    assert keep_top(s, 2).tolist() == [False, True, True, False]  # sort puts NaN first
+
+
 def test_keep_top_rejects_unknown_ties():
     with pytest.raises(ValueError, match=r"ties='random'.*earlier_kept"):
         keep_top(torch.ones(3), 1, ties="random")

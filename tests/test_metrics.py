@@ -36,6 +36,15 @@ def test_lenet5_paper_counts():
     assert [layer.kind for layer in stats.layers] == ["conv", "conv", "fc", "fc"]
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_grouped_conv_flops_count_the_inputs_each_output_reads(groups):
+    # each of the 8 outputs reads 4/groups input channels x 3x3 at 3x3 positions
+    conv = torch.nn.Conv2d(4, 8, 3, groups=groups, bias=False)
+    stats = model_stats(conv, torch.rand(1, 4, 5, 5))
+    assert stats.layers[0].weights == 8 * (4 // groups) * 9
+    assert stats.flops_dense == 2 * 8 * (4 // groups) * 9 * (3 * 3)
+
+
 def test_dense_model_compression_is_one(mlp, x8):
     stats = model_stats(mlp, x8)
     assert stats.params_nonzero == stats.params_total == 64 * 32 + 32 + 32 * 16 + 16 + 16 * 4 + 4

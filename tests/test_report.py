@@ -272,6 +272,31 @@ def test_report_lenet300(runs: dict[str, Path], tmp_path: Path) -> None:
     assert f"{summary['test_error_pruned']:.2f}" in text
 
 
+@pytest.mark.parametrize("key", ["lenet300", "lenet5", "alexnet_caffe", "vgg16"])
+def test_every_paper_entry_renders(key: str, tmp_path: Path) -> None:
+    """Tables and figures read every PAPER entry, also where it lacks a figure (the ImageNet
+    entries have no activation densities, VGG-16 no per-layer FLOP kept)."""
+    from prunelab.paper import PAPER
+    from prunelab.report.html import _layer_table, _summary_table
+    from prunelab.report.tables import layer_table_markdown
+
+    paper = PAPER[key]
+    layers = [{"name": n, "kind": "fc", "shape": [2, 2], "weights": v["weights"],
+               "nonzero": v["weights"] // 2, "flops_dense": v["flops"],
+               "flops_pruned": v["flops"] / 4, "input_density": 0.5}
+              for n, v in paper["layers"].items()]
+    summary = {"model": key, "layers": layers, "params_total": paper["params_total"],
+               "params_nonzero": paper["params_nonzero"], "compression": 3.0,
+               "test_error_dense": 1.0, "test_error_pruned": 1.1}
+    table = layer_table_markdown(summary)
+    assert f"| {layers[-1]['name']} |" in table and paper["network"] not in ("", None)
+    assert f"{paper['params_total']:,}" in table
+    html_table = _layer_table(summary, paper) + _summary_table(summary, paper)
+    assert layers[0]["name"] in html_table
+    F.layer_bars(layers, paper_layers=paper["layers"], path=tmp_path / "bars.png")
+    assert (tmp_path / "bars.png").stat().st_size > 0
+
+
 def test_report_lenet5_conv_masks(runs: dict[str, Path], tmp_path: Path) -> None:
     text = write_report(runs["lenet5"], tmp_path).read_text()
     assert text.count("<img") == 4

@@ -140,7 +140,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def _flops(module: nn.Module, out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> int:
     w = effective_tensor(module)
     if isinstance(module, CONV_TYPES):
-        # MACs per output position = weights per output channel; positions = prod(spatial).
+        # MACs per output position = all weights (out x in/groups x kernel: a grouped conv's
+        # weight already holds only the in/groups inputs each output reads); positions =
+        # prod(spatial).
         positions = math.prod(out_shape[2:])
         return 2 * w.numel() * positions
     # Linear: extra leading dims (e.g. sequence) multiply the work per sample.

@@ -419,7 +419,8 @@ def layer_bars(
     Args:
         layers: ``summary.json``'s ``layers`` (``name``, ``weights``, ``nonzero``,
             ``flops_dense``, ``flops_pruned``).
-        paper_layers: ``PAPER[model]["layers"]`` (``weights_kept``, ``flops_kept`` in %).
+        paper_layers: ``PAPER[model]["layers"]`` (``weights_kept``, ``flops_kept`` in %; a
+            missing key leaves that bar out).
     """
     names = [layer["name"] for layer in layers]
     ours_w = [100 * layer["nonzero"] / layer["weights"] for layer in layers]
@@ -436,10 +437,12 @@ def layer_bars(
         bars = ax.bar(x + off, ours, width, label="ours", color="tab:blue")
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
         if has_paper:
-            pv = [float(pl[n][key]) if n in pl else np.nan for n in names]
+            # A figure the paper does not give (VGG-16's per-layer FLOP kept) has no bar.
+            pv = [float(pl[n][key]) if key in pl.get(n, {}) else np.nan for n in names]
             pbars = ax.bar(x + width / 2, pv, width, label="paper (Han et al. 2015)",
                            color="tab:gray")
-            ax.bar_label(pbars, fmt="%.0f", fontsize=7)
+            ax.bar_label(pbars, labels=["" if np.isnan(v) else f"{v:.0f}" for v in pv],
+                         fontsize=7)
         ax.set_xticks(x, names)
         ax.set_xlabel("layer")
         ax.set_ylabel(f"{what} (%)")

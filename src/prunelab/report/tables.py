@@ -19,7 +19,9 @@ def _k(n: float) -> str:
 
 
 def layer_table_markdown(summary: dict[str, Any], paper_key: str | None = None) -> str:
-    """The per-layer table (ours beside the paper's Table 2/3 where the paper has one).
+    """The per-layer table (ours beside the paper's Tables 2-5 where the paper has one).
+
+    A figure the paper entry lacks (e.g. the ImageNet activation densities) shows as "—".
 
     Example:
         >>> s = {"model": "x", "layers": [{"name": "fc", "weights": 10, "nonzero": 1,
@@ -53,7 +55,8 @@ def layer_table_markdown(summary: dict[str, Any], paper_key: str | None = None) 
              f"{100 * tn / tw:.1f} | {100 * tfp / tf:.1f} |")
     if paper:
         t = paper["total"]
-        total += f" {t['act_density']} | {t['weights_kept']} | {t['flops_kept']} |"
+        total += (f" {t.get('act_density', '—')} | {t.get('weights_kept', '—')} | "
+                  f"{t.get('flops_kept', '—')} |")
     rows.append(total)
     lines = [f"# {summary.get('name', summary['model'])}: per-layer table\n",
              head + "\n".join(rows) + "\n"]
