@@ -82,3 +82,22 @@ def test_in_memory_configs_keep_their_old_form() -> None:
     bf16 = parse_config({"model": {"name": "lenet300"}, "train": {"precision": "bf16"},
                          "prune": {"schedule": [{"q": 1.0, "epochs": 1}]}})
     assert bf16.model_dump(mode="json")["train"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize(("config", "total", "paper_total"), [
+    ("han2015-alexnet", "60,965,224 parameters", "(9.0x fewer)"),
+    ("han2015-vgg16", "138,357,544 parameters", "(13.1x fewer)"),
+])
+def test_imagenet_configs_dry_run_with_the_papers_layer_counts(
+    capsys, config: str, total: str, paper_total: str
+) -> None:
+    from prunelab.cli import builtin_config_path
+    from prunelab.config import load_config
+
+    assert main(["reproduce", config, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert total in text and paper_total in text
+    plan = run_plan(load_config(builtin_config_path(config)))
+    for row in plan.layers:  # every layer: the paper's weights and its Table 4/5 density
+        assert row.weights == row.paper_weights, row.name
+        assert row.target_density == pytest.approx(row.paper_kept, abs=1e-9), row.name

@@ -17,7 +17,9 @@ from .. import __version__
 
 __all__ = ["BUILTIN_CONFIGS", "builtin_config_path", "main"]
 
-BUILTIN_CONFIGS: tuple[str, ...] = ("han2015-lenet300", "han2015-lenet5")
+BUILTIN_CONFIGS: tuple[str, ...] = (
+    "han2015-lenet300", "han2015-lenet5", "han2015-alexnet", "han2015-vgg16",
+)
 
 
 def builtin_config_path(name: str) -> Path:
