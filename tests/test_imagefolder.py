@@ -335,6 +335,8 @@ def test_example_is_the_first_validation_images(folder: Path) -> None:
     assert x.shape == (5, 3, SIZE, SIZE) and x.dtype == torch.float32
     assert torch.equal(x, next(iter(splits.val_batches(5)))[0])
     assert torch.equal(x, splits.example(5))
+    none_held_out = open_imagefolder(spec(folder, val_size=0))
+    assert torch.equal(none_held_out.example(3), next(iter(none_held_out.test_batches(3)))[0])
 
 
 def test_train_batches_use_a_distributed_sampler(folder: Path) -> None:
@@ -372,6 +374,24 @@ def test_augmentation_is_on_and_varies_with_the_seed(folder: Path) -> None:
     assert all(0 <= i <= 48 - h and 0 <= j <= 64 - w
                for i, j, h, w in (_crop_params(64, 48, random.Random(s))
                                   for s in range(200)))
+
+
+def test_train_transform_is_torchvisions_given_the_crop_box(folder: Path) -> None:
+    import torchvision.transforms.functional as TF
+    from torchvision import transforms as T
+
+    from prunelab.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, _TrainTransform, load_image
+
+    ours = _TrainTransform(spec(folder, image_size=24))
+    finish = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    for seed, (path, _) in enumerate(ImageFolder(str(folder / "train")).samples[:40]):
+        img = load_image(path)
+        rng = random.Random(seed)
+        box = _crop_params(img.width, img.height, rng)
+        want = TF.resized_crop(img, *box, [24, 24], T.InterpolationMode.BILINEAR, antialias=True)
+        if rng.random() < 0.5:
+            want = TF.hflip(want)
+        assert torch.equal(ours(img, seed), finish(want))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

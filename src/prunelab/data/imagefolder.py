@@ -668,9 +668,9 @@ class ImageFolderSplits:
 
     def example(self, n: int) -> torch.Tensor:
         """The first ``n`` validation images (evaluation transform) as one tensor, for tracing
-        and FLOP counts (fewer if the split is smaller)."""
+        and FLOP counts (fewer if the split is smaller; the test split's with ``val_size=0``)."""
         n = _check_int(n, "n", 0)
-        files = self._files["val"].head(n)
+        files = self._files["val" if len(self._files["val"]) else "test"].head(n)
         if not len(files):
             s = self.spec.image_size
             return torch.empty(0, 3, s, s)
