@@ -12,6 +12,10 @@ Public API:
 * :func:`prepare_splits`, :class:`TensorSplits`, :class:`Normalization`,
   :func:`splits_for_model_file` -- normalised tensors of the splits a run uses.
 * :class:`TensorBatches` -- the fast in-memory batcher (seeded per epoch).
+* :func:`open_imagefolder`, :class:`ImageFolderSpec`, :class:`ImageFolderSplits`,
+  :class:`FolderBatches` -- image folders in the ImageNet layout through a ``DataLoader``;
+  :func:`write_imagefolder` writes MNIST / Fashion-MNIST as one (these load torchvision,
+  so they are imported on first use).
 
 Example:
     >>> from prunelab.data import load_dataset
@@ -36,12 +40,30 @@ from prunelab.data.idx import DatasetError, read_idx
 from .batches import TensorBatches
 from .prepare import Normalization, TensorSplits, prepare_splits, splits_for_model_file
 
+# torchvision takes seconds to import: the image-folder names load it on first use.
+_IMAGEFOLDER_NAMES = frozenset(
+    {"FolderBatches", "ImageFolderSpec", "ImageFolderSplits", "open_imagefolder",
+     "write_imagefolder"}
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _IMAGEFOLDER_NAMES:
+        from . import imagefolder
+
+        return getattr(imagefolder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DATASETS",
     "ENV_VAR",
     "DatasetError",
     "DatasetInfo",
     "DatasetSplits",
+    "FolderBatches",
+    "ImageFolderSpec",
+    "ImageFolderSplits",
     "Normalization",
     "Split",
     "TensorBatches",
@@ -49,8 +71,10 @@ __all__ = [
     "clear_cache",
     "dataset_info",
     "load_dataset",
+    "open_imagefolder",
     "prepare_splits",
     "read_idx",
     "resolve_root",
     "splits_for_model_file",
+    "write_imagefolder",
 ]

@@ -7,6 +7,14 @@ function of its seed, which is what makes a resumed run continue exactly. Any it
 ``(inputs, targets)`` batches (a ``DataLoader`` too) can take its place in
 :class:`prunelab.training.Trainer`.
 
+For data-parallel runs, ``rank`` and ``world`` deal each epoch as
+``DistributedSampler(num_replicas=world, rank=rank, shuffle=True, seed=0)`` does: the same
+permutation as one process (``torch.randperm(N)`` from a generator seeded with the epoch's
+seed), padded by repeating its start to a multiple of ``world``, rank ``r`` taking positions
+``r, r + world, ...``. With ``batch_size = B / world`` the union over ranks of batch ``b``
+is batch ``b`` of one process with batch size ``B``. ``pad=False`` gives evaluation shards
+instead: ``[rank::world]``, no example repeated, so per-rank sums add up to the whole split.
+
 Example:
     >>> import torch
     >>> b = TensorBatches(torch.arange(10.0).unsqueeze(1), torch.arange(10), batch_size=4)
@@ -22,7 +30,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["TensorBatches"]
+__all__ = ["TensorBatches", "check_rank", "shard_indices", "shard_size"]
 
 
 class TensorBatches:
@@ -33,25 +41,27 @@ class TensorBatches:
         y: targets ``[N]``.
         batch_size: examples per batch, > 0.
         shuffle: draw a new permutation each epoch (else the stored order).
-        rank, world: this rank's share of a data-parallel epoch, as
-            ``DistributedSampler`` deals it: the epoch's permutation is padded (repeating
-            its start) to a multiple of ``world`` and rank ``r`` takes its positions
-            ``r, r + world, ...``; so with ``batch_size = B / world`` the union over ranks
-            of batch ``b`` is batch ``b`` of one process with batch size ``B``.
+        rank, world: this process's share of a data-parallel epoch (see the module
+            docstring); ``world=1`` is the whole data, batched exactly as without them.
+        pad: with ``world > 1``, pad the epoch's order by repeating its start so that every
+            rank gets ``ceil(N / world)`` examples (as ``DistributedSampler`` does; for
+            training); ``False``: rank ``r`` gets the positions ``r::world`` only (for
+            evaluation: every example on exactly one rank).
 
     Raises:
         ValueError: a batch size that is not a positive integer, ``x`` and ``y`` of
             different lengths, or a rank outside ``[0, world)``.
 
     Example:
-        >>> import torch
-        >>> x = torch.arange(8.0).unsqueeze(1)
-        >>> whole = TensorBatches(x, torch.arange(8), batch_size=4)
-        >>> halves = [TensorBatches(x, torch.arange(8), batch_size=2, rank=r, world=2)
-        ...           for r in (0, 1)]
-        >>> first = [next(iter(h))[1] for h in halves]
-        >>> sorted(torch.cat(first).tolist()) == sorted(next(iter(whole))[1].tolist())
-        True
+        >>> x, y = torch.arange(6.0).unsqueeze(1), torch.arange(6)
+        >>> [b[1].tolist() for b in TensorBatches(x, y, batch_size=4, shuffle=False)]
+        [[0, 1, 2, 3], [4, 5]]
+        >>> [[b[1].tolist() for b in TensorBatches(x, y, batch_size=2, shuffle=False,
+        ...                                        rank=r, world=4)] for r in (0, 3)]
+        [[[0, 4]], [[3, 1]]]
+        >>> [[b[1].tolist() for b in TensorBatches(x, y, batch_size=2, shuffle=False,
+        ...                                        rank=r, world=4, pad=False)] for r in (0, 3)]
+        [[[0, 4]], [[3]]]
     """
 
     def __init__(
@@ -63,18 +73,17 @@ class TensorBatches:
         shuffle: bool = True,
         rank: int = 0,
         world: int = 1,
+        pad: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1")
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"inputs have {x.shape[0]} examples but targets {y.shape[0]}")
-        if not (world >= 1 and 0 <= rank < world):
-            raise ValueError(f"rank={rank!r} of world={world!r} is invalid; allowed: 0 <= rank "
-                             "< world")
+        check_rank(rank, world)
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.rank, self.world = int(rank), int(world)
+        self.rank, self.world, self.pad = int(rank), int(world), bool(pad)
         self._seed = 0
 
     def set_epoch(self, seed: int) -> None:
@@ -82,13 +91,13 @@ class TensorBatches:
         self._seed = int(seed)
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch (of this rank)."""
         return math.ceil(self.num_examples / self.batch_size)
 
     @property
     def num_examples(self) -> int:
-        """Examples per epoch (of this rank)."""
-        return math.ceil(int(self.x.shape[0]) / self.world)
+        """Examples per epoch (of this rank; padding included)."""
+        return shard_size(int(self.x.shape[0]), self.rank, self.world, pad=self.pad)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bs = self.batch_size
@@ -106,17 +115,69 @@ class TensorBatches:
             yield self.x[idx], self.y[idx]
 
     def _shard(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of a ``world > 1`` epoch (see the module docstring)."""
         n = int(self.x.shape[0])
         if self.shuffle:
             gen = torch.Generator().manual_seed(self._seed)
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        total = self.num_examples * self.world
-        if total > n:  # pad by repeating the start, as DistributedSampler does
-            order = torch.cat([order, order[: total - n]])
-        mine = order[self.rank :: self.world].to(self.x.device)
+        mine = shard_indices(order, self.rank, self.world, pad=self.pad).to(self.x.device)
         bs = self.batch_size
         for b in range(len(self)):
             idx = mine[b * bs : (b + 1) * bs]
             yield self.x[idx], self.y[idx]
+
+
+def check_rank(rank: int, world: int) -> None:
+    """Raise unless ``world >= 1`` and ``0 <= rank < world`` (both integers).
+
+    Raises:
+        ValueError: names the bad pair and what is allowed.
+
+    Example:
+        >>> check_rank(1, 2)
+        >>> check_rank(2, 2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: rank=2 of world=2 is invalid; allowed: integers with world >= 1 and ...
+    """
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (rank, world))
+    if not (ok and world >= 1 and 0 <= rank < world):
+        raise ValueError(f"rank={rank!r} of world={world!r} is invalid; allowed: integers with "
+                         "world >= 1 and 0 <= rank < world")
+
+
+def shard_size(n: int, rank: int, world: int, *, pad: bool) -> int:
+    """How many of ``n`` examples rank ``rank`` of ``world`` gets (see :func:`shard_indices`).
+
+    Example:
+        >>> shard_size(10, 3, 4, pad=True), shard_size(10, 3, 4, pad=False)
+        (3, 2)
+    """
+    if pad:
+        return math.ceil(n / world)
+    return len(range(rank, n, world))
+
+
+def shard_indices(order: torch.Tensor, rank: int, world: int, *, pad: bool) -> torch.Tensor:
+    """Rank ``rank``'s share of an epoch's ``order``, dealt like ``DistributedSampler``.
+
+    With ``pad``, ``order`` is first extended by repeating it from its start to a multiple
+    of ``world`` (``DistributedSampler(drop_last=False)``); rank ``r`` then takes the
+    positions ``r, r + world, ...``.
+
+    Example:
+        >>> shard_indices(torch.arange(5), 1, 3, pad=True).tolist()
+        [1, 4]
+        >>> shard_indices(torch.arange(5), 2, 3, pad=True).tolist()
+        [2, 0]
+        >>> shard_indices(torch.arange(5), 2, 3, pad=False).tolist()
+        [2]
+    """
+    n = int(order.shape[0])
+    if pad and n:
+        total = math.ceil(n / world) * world
+        if total > n:
+            order = order.repeat(math.ceil(total / n))[:total]
+    return order[rank::world]

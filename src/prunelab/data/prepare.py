@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .batches import TensorBatches
 from .datasets import load_dataset
 
 __all__ = [
@@ -87,6 +88,10 @@ class TensorSplits:
         ...                  torch.zeros(2, 1, 2, 2), torch.zeros(2).long())
         >>> s.example(3).shape, s.has_test
         (torch.Size([3, 1, 2, 2]), False)
+        >>> [len(y) for _, y in s.train_batches(2, rank=1, world=2)]
+        [2]
+        >>> [y.shape[0] for _, y in s.val_batches(8)]
+        [2]
     """
 
     x_train: torch.Tensor
@@ -115,6 +120,33 @@ class TensorSplits:
     def example(self, n: int) -> torch.Tensor:
         """The first ``n`` training images (to trace, count FLOPs, run ThiNet)."""
         return self.x_train[:n]
+
+    def train_batches(self, batch_size: int, *, rank: int = 0, world: int = 1) -> TensorBatches:
+        """Shuffled training batches of ``batch_size`` (per rank), seeded by ``set_epoch``.
+
+        For ``world > 1`` rank ``rank`` gets its ``DistributedSampler`` share of each
+        epoch's permutation (padded; see :class:`TensorBatches`), so the union over ranks of
+        batch ``b`` is batch ``b`` of one process with ``world * batch_size``.
+        """
+        return TensorBatches(self.x_train, self.y_train, batch_size=batch_size,
+                             rank=rank, world=world)
+
+    def val_batches(self, batch_size: int, *, rank: int = 0, world: int = 1) -> TensorBatches:
+        """Validation batches in order; rank ``rank`` gets ``[rank::world]``, no padding."""
+        return TensorBatches(self.x_val, self.y_val, batch_size=batch_size, shuffle=False,
+                             rank=rank, world=world, pad=False)
+
+    def test_batches(self, batch_size: int, *, rank: int = 0, world: int = 1) -> TensorBatches:
+        """Test batches in order; rank ``rank`` gets ``[rank::world]``, no padding.
+
+        Raises:
+            ValueError: the splits have no test split (``has_test`` is False).
+        """
+        if self.x_test is None or self.y_test is None:
+            raise ValueError("these splits have no test split (x_test is None); use "
+                             "val_batches, or prepare the splits with a test set")
+        return TensorBatches(self.x_test, self.y_test, batch_size=batch_size, shuffle=False,
+                             rank=rank, world=world, pad=False)
 
 
 def prepare_splits(
