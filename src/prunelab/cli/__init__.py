@@ -19,6 +19,7 @@ __all__ = ["BUILTIN_CONFIGS", "builtin_config_path", "main"]
 
 BUILTIN_CONFIGS: tuple[str, ...] = (
     "han2015-lenet300", "han2015-lenet5", "han2015-alexnet", "han2015-vgg16",
+    "smoke-imagefolder",
 )
 
 

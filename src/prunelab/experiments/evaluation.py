@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,19 @@ def evaluate_model_file(
         prunelab.checkpoint.CheckpointError: not a prunelab model file.
     """
     model, meta = load_any_model(path, device=device)
-    splits = splits_for_model_file(meta, data_root=data_root, device=device)
-    err = test_error(model, splits.x_test, splits.y_test)
-    stats = model_stats(model, splits.x_test[:256])
+    if (meta.get("dataset") or {}).get("name") == "imagefolder":
+        from ..data.imagefolder import ImageFolderSpec, open_imagefolder
+
+        changes: dict[str, Any] = {"workers": min(4, os.cpu_count() or 1)}
+        if data_root is not None:
+            changes["root"] = data_root
+        splits = open_imagefolder(ImageFolderSpec.from_meta(meta["dataset"], **changes))
+        err = split_test_error(model, splits, 250, device)
+        stats = model_stats(model, splits.example(16).to(device))
+    else:
+        splits = splits_for_model_file(meta, data_root=data_root, device=device)
+        err = test_error(model, splits.x_test, splits.y_test)
+        stats = model_stats(model, splits.x_test[:256])
     return {"test_error": err, "params_total": stats.params_total,
             "params_nonzero": stats.params_nonzero, "compression": stats.compression,
             "model": meta["model"]["name"], "dataset": splits.meta["name"], "stats": stats}
