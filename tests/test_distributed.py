@@ -201,3 +201,31 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(
     _, acc = evaluate_batches(model, [(x, y)])
     if precision == "fp32":
         assert r0["val_acc"] == acc
+
+
+# ------------------------------------------------------------------ channel criteria
+def _thinet_worker(rank: int, out: Path) -> None:
+    from prunelab.channel_masks import apply_channel_masks
+    from prunelab.criteria.channels import _channel_keep_local, channel_keep
+    from prunelab.graph import trace_structure
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    torch.manual_seed(10 + rank)  # every rank sees different data; alone, rank 1's data
+    x = torch.randn(4, 3, 10, 10)  # would make ThiNet keep other channels (checked below)
+    if rank:
+        x[:, 0] *= 8
+    alone = _channel_keep_local(model, "thinet", 0.5, example_input=x, layers=["0"])
+    keep = channel_keep(model, "thinet", 0.5, example_input=x, layers=["0"])
+    apply_channel_masks(model, keep, trace_structure(model, x))
+    (out / f"rank{rank}.json").write_text(json.dumps(
+        {"keep": {k: v.tolist() for k, v in keep.items()}, "digest": mask_digest(model),
+         "alone": alone["0"].tolist()}))
+
+
+def test_data_dependent_channel_criterion_gives_identical_masks(tmp_path: Path) -> None:
+    _spawn(_thinet_worker, tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r0["alone"] != r1["alone"]  # the ranks' own decisions would differ
+    assert r0["keep"] == r1["keep"] == {"0": r0["alone"]}  # rank 0's decision everywhere
+    assert r0["digest"] == r1["digest"]

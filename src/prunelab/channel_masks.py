@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import sync_masks
 from .graph import (
     Structure,
     check_keep_mask,
@@ -157,4 +158,5 @@ def apply_channel_masks(
                 surgery_blocker=blocker,
             )
         )
+    sync_masks(model)  # a process group: rank 0's masks on every rank (no-op otherwise)
     return results

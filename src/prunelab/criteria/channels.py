@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..allocation import global_keep, keep_count, layer_amounts
+from ..distributed import broadcast_object, is_distributed, rank
 from ..graph import (
     BATCHNORM_TYPES,
     Link,
@@ -200,6 +201,9 @@ def channel_keep(
     Returns:
         ``{layer: BoolTensor[out_units]}``, True for the units kept.
 
+    In a process group with several ranks, rank 0 decides (a data-dependent criterion such
+    as ThiNet sees rank 0's ``example_input``) and every rank returns its decision.
+
     Raises:
         ValueError: unknown criterion or scope, a value out of range, bad patterns, a layer
             the criterion cannot use, or floors that make a global ``ratio`` unreachable.
@@ -213,6 +217,42 @@ def channel_keep(
         >>> channel_keep(nn.Sequential(conv), "l1_filter", 0.5)["0"].tolist()
         [True, False, True, False]
     """
+    args = (model, criterion, ratio)
+    kwargs = {"structure": structure, "example_input": example_input, "layers": layers,
+              "exclude": exclude, "scope": scope, "min_channels": min_channels,
+              "min_fraction": min_fraction, "seed": seed}
+    if not is_distributed():
+        return _channel_keep_local(*args, **kwargs)
+    keep: dict[str, torch.Tensor] | None = None
+    error: str | None = None
+    if rank() == 0:
+        try:
+            keep = {n: k.cpu() for n, k in _channel_keep_local(*args, **kwargs).items()}
+        except (ValueError, TypeError) as exc:
+            error = str(exc)
+    error = broadcast_object(error)
+    if error is not None:
+        raise ValueError(error)
+    mods = dict(model.named_modules())
+    return {n: k.to(effective_tensor(mods[n]).device)
+            for n, k in broadcast_object(keep).items()}
+
+
+def _channel_keep_local(
+    model: nn.Module,
+    criterion: str | ChannelCriterion,
+    ratio: LayerValue,
+    *,
+    structure: Structure | None = None,
+    example_input: torch.Tensor | None = None,
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    scope: str | None = None,
+    min_channels: int = 1,
+    min_fraction: float = 0.0,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """:func:`channel_keep` in this process alone."""
     crit = as_criterion(criterion, granularity="channel")
     if not isinstance(crit, ChannelCriterion):
         raise TypeError(f"channel criterion {crit.label!r} must subclass ChannelCriterion")
