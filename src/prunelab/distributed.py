@@ -34,7 +34,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "all_reduce_sums",
     "barrier",
     "broadcast_object",
+    "decide_on_rank0",
     "init_from_env",
     "is_distributed",
     "mask_digest",
@@ -198,6 +199,34 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def decide_on_rank0(
+    compute: Callable[[], Any], *, errors: tuple[type[Exception], ...] = (ValueError,)
+) -> Any:
+    """Run ``compute`` on rank 0 only and give every rank its result, or raise its error.
+
+    An exception of ``errors`` raised on rank 0 is raised on every rank as a ``ValueError``
+    with the same message, so no rank waits for a decision that never comes. Outside a
+    process group this is just ``compute()``. ``compute`` must not call collectives.
+
+    Example:
+        >>> decide_on_rank0(lambda: {"kept": 3})
+        {'kept': 3}
+    """
+    if not is_distributed():
+        return compute()
+    result: Any = None
+    error: str | None = None
+    if rank() == 0:
+        try:
+            result = compute()
+        except errors as exc:
+            error = str(exc)
+    error = broadcast_object(error)
+    if error is not None:
+        raise ValueError(error)
+    return broadcast_object(result)
 
 
 def all_reduce_sums(values: Sequence[float]) -> list[float]:

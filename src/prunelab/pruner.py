@@ -29,7 +29,7 @@ from torch import nn
 from .allocation import alive_mask, density_floors, global_keep, layer_amounts
 from .criteria import Context, Criterion, as_criterion, layer_seed, population_std
 from .criteria.base import checked_scores, layer_mask
-from .distributed import broadcast_object, is_distributed, rank, sync_masks
+from .distributed import broadcast_object, decide_on_rank0, is_distributed, sync_masks
 from .masks import effective_tensor, get_mask, set_mask, sync_optimizer, tie_masks
 from .selection import LayerValue, per_layer_values, select_layers
 
@@ -283,20 +283,10 @@ class Pruner:
         identical by digest), with its recorded dense stds and results. A criterion must not
         itself call collectives: it runs on rank 0 only.
         """
-        error: str | None = None
-        results: list[LayerPruneResult] | None = None
-        if rank() == 0:
-            try:
-                results = self._step_local(*args)
-            except ValueError as exc:
-                error = str(exc)
-        error = broadcast_object(error)
-        if error is not None:
-            raise ValueError(error)
+        results = decide_on_rank0(lambda: self._step_local(*args))
         sync_masks(self.model)
         tie_masks(self.model)
-        self.dense_std, self.steps_done, results = broadcast_object(
-            (self.dense_std, self.steps_done, results))
+        self.dense_std, self.steps_done = broadcast_object((self.dense_std, self.steps_done))
         return results
 
     def _step_local(

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..allocation import global_keep, keep_count, layer_amounts
-from ..distributed import broadcast_object, is_distributed, rank
+from ..distributed import decide_on_rank0, is_distributed
 from ..graph import (
     BATCHNORM_TYPES,
     Link,
@@ -223,19 +223,11 @@ def channel_keep(
               "min_fraction": min_fraction, "seed": seed}
     if not is_distributed():
         return _channel_keep_local(*args, **kwargs)
-    keep: dict[str, torch.Tensor] | None = None
-    error: str | None = None
-    if rank() == 0:
-        try:
-            keep = {n: k.cpu() for n, k in _channel_keep_local(*args, **kwargs).items()}
-        except (ValueError, TypeError) as exc:
-            error = str(exc)
-    error = broadcast_object(error)
-    if error is not None:
-        raise ValueError(error)
+    keep = decide_on_rank0(
+        lambda: {n: k.cpu() for n, k in _channel_keep_local(*args, **kwargs).items()},
+        errors=(ValueError, TypeError))
     mods = dict(model.named_modules())
-    return {n: k.to(effective_tensor(mods[n]).device)
-            for n, k in broadcast_object(keep).items()}
+    return {n: k.to(effective_tensor(mods[n]).device) for n, k in keep.items()}
 
 
 def _channel_keep_local(

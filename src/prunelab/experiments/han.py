@@ -41,7 +41,7 @@ from ..config import (
     RegularizationConfig,
     RunConfig,
 )
-from ..data import TensorBatches, TensorSplits
+from ..data import TensorSplits
 from ..data.device import OnDevice
 from ..dead_neurons import prune_dead_neurons
 from ..distributed import broadcast_object, is_distributed, rank, sync_masks, world_size
@@ -64,7 +64,6 @@ from ..training import (
     EpochStats,
     Trainer,
     epoch_seed,
-    evaluate,
     evaluate_batches,
     make_optimizer,
 )
@@ -528,32 +527,23 @@ class HanPipeline:
             dense_state=self.dense_state,
         )
 
-    def _train_batches(self) -> TensorBatches | OnDevice:
+    def _on_device(self, batches: Any) -> Any:
+        """In-memory batches are on the device already; streamed ones move as drawn."""
+        if self.in_memory:
+            return batches
+        return OnDevice(batches, self.device, channels_last=self.channels_last)
+
+    def _train_batches(self) -> Any:
         """This rank's training batches: its share of each global batch of the config."""
-        bs = self.cfg.train.batch_size
-        if not self.in_memory:
-            return OnDevice(
-                self.data.train_batches(bs // self.world, rank=self.rank, world=self.world),
-                self.device, channels_last=self.channels_last)
-        if self.world == 1:
-            return TensorBatches(self.data.x_train, self.data.y_train, batch_size=bs)
-        return TensorBatches(self.data.x_train, self.data.y_train,
-                             batch_size=bs // self.world, rank=self.rank, world=self.world)
+        return self._on_device(self.data.train_batches(
+            self.cfg.train.batch_size // self.world, rank=self.rank, world=self.world))
 
     def _validate(self) -> tuple[float, float]:
-        if not self.in_memory:
-            shard = self.data.val_batches(self.cfg.eval_batch_size, rank=self.rank,
-                                          world=self.world)
-            return evaluate_batches(
-                self.model, OnDevice(shard, self.device, channels_last=self.channels_last),
-                reduce=True)
-        if self.world == 1:
-            return evaluate(self.model, self.data.x_val, self.data.y_val,
-                            batch_size=self.cfg.eval_batch_size)
-        shard = TensorBatches(self.data.x_val[self.rank::self.world],
-                              self.data.y_val[self.rank::self.world],
-                              batch_size=self.cfg.eval_batch_size, shuffle=False)
-        return evaluate_batches(self.model, shard, reduce=True)
+        """Validation loss and accuracy; in a process group each rank evaluates its shard
+        and the sums are reduced, so every rank gets the same figures."""
+        shard = self.data.val_batches(self.cfg.eval_batch_size, rank=self.rank,
+                                      world=self.world)
+        return evaluate_batches(self.model, self._on_device(shard), reduce=True)
 
     def _end_epoch(self, phase: int, keep_best: bool, stats: EpochStats, t0: float) -> None:
         """Validate, record, keep the best weights, checkpoint (after every epoch)."""

@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from ..metrics import model_stats
 from ..models import build_model
 from ..paper import PAPER
 from ..pruner import Pruner
-from ..selection import per_layer_values
+from ..selection import per_layer_values, select_layers
 
 __all__ = ["LayerPlan", "RunPlan", "format_plan", "run_plan"]
 
@@ -94,17 +93,16 @@ class RunPlan:
         return sum(r.weights * r.target_density for r in self.layers)
 
 
-def _targets(cfg: RunConfig, names: list[str]) -> tuple[dict[str, float], dict[str, list]]:
+def _targets(cfg: RunConfig, pruner: Pruner) -> tuple[dict[str, float], dict[str, list]]:
     """Final target density per layer (sparsity criteria) and q per iteration (std)."""
     pc = cfg.prune
     kind = criterion_class(pc.method).amount_kind
     density: dict[str, float] = {}
-    qs: dict[str, list[float]] = {n: [] for n in names}
+    qs: dict[str, list[float]] = {n: [] for n in pruner.layers}
     for it in pc.schedule:
-        chosen = [n for n in names if it.layers is None
-                  or any(fnmatch.fnmatchcase(n, p) for p in it.layers)]
-        if not chosen:
-            continue
+        # the layers a step prunes, matched exactly as Pruner.step matches them
+        chosen = list(pruner.layers if it.layers is None
+                      else select_layers(pruner.model, it.layers))
         values = per_layer_values(pc.amount(it), chosen, what=kind)
         for n, v in values.items():
             if kind == "q":
@@ -136,7 +134,7 @@ def run_plan(cfg: RunConfig) -> RunPlan:
     with torch.no_grad():
         stats = model_stats(model, torch.zeros(shape))
     names = list(pruner.layers)
-    density, qs = _targets(cfg, names)
+    density, qs = _targets(cfg, pruner)
     paper = PAPER.get(cfg.model.name, {}).get("layers", {})
     rows = []
     by_name = {layer.name: layer for layer in stats.layers}
