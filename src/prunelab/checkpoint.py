@@ -15,9 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from prunelab.atomic import atomic_write
+from prunelab.errors import FileFormatError, one_line, short_repr
+
 __all__ = [
     "CheckpointError",
+    "content_digest",
     "load_tensors",
     "optimizer_from_flat",
     "optimizer_to_flat",
@@ -36,9 +39,12 @@ __all__ = [
 ]
 
 META_KEY = "prunelab"
+#: Header entry holding :func:`content_digest` of the metadata and tensors (files written
+#: before it existed have none and are read unverified).
+DIGEST_KEY = "prunelab.sha256"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FileFormatError, RuntimeError):
     """A checkpoint or model file is missing, truncated or not a prunelab file."""
 
 
@@ -53,40 +59,42 @@ def write_safetensors_atomic(
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(clean, tmp, metadata=dict(header))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    try:  # make the rename durable too
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+    return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=dict(header)))
+
+
+def content_digest(tensors: Mapping[str, torch.Tensor], text: str = "") -> str:
+    """SHA-256 over ``text`` and every tensor's name, dtype, shape and bytes (names sorted).
+
+    Stored in the files prunelab writes and checked when they are read, so a flipped bit or
+    an edited header anywhere in a file is an error, not a silently different model.
+
+    Example:
+        >>> a = content_digest({"w": torch.zeros(2)}, "{}")
+        >>> a == content_digest({"w": torch.zeros(2)}, "{}"), a == content_digest({"w": torch.ones(2)})
+        (True, False)
+    """  # noqa: E501
+    h = hashlib.sha256()
+    h.update(text.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        flat = t.contiguous().cpu().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> None:
-    """Write tensors and a JSON-serialisable ``meta`` to ``path`` atomically.
+    """Write tensors and a JSON-serialisable ``meta`` to ``path`` atomically, with a SHA-256
+    of both (:func:`content_digest`) that :func:`load_tensors` verifies.
 
     Raises:
         TypeError: ``meta`` is not JSON-serialisable.
     """
-    write_safetensors_atomic(path, tensors, {META_KEY: json.dumps(meta, sort_keys=True)})
+    text = json.dumps(meta, sort_keys=True)
+    write_safetensors_atomic(path, tensors, {META_KEY: text,
+                                             DIGEST_KEY: content_digest(tensors, text)})
 
 
 def load_tensors(
@@ -98,6 +106,8 @@ def load_tensors(
         CheckpointError: missing file, not safetensors (or truncated), or no prunelab metadata.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a directory, expected a .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"{str(path)!r} does not exist")
     try:
@@ -112,10 +122,23 @@ def load_tensors(
         ) from None
     if META_KEY not in header:
         raise CheckpointError(f"{str(path)!r} is a safetensors file but not a prunelab file")
+    if set(header) - {META_KEY, DIGEST_KEY}:
+        raise CheckpointError(f"{str(path)!r} has unknown header entries "
+                              f"{short_repr(sorted(set(header) - {META_KEY, DIGEST_KEY}))}; "
+                              "it is corrupt or not written by prunelab")
+    digest = header.get(DIGEST_KEY)
+    if digest is not None and content_digest(tensors, header[META_KEY]) != digest:
+        raise CheckpointError(
+            f"{str(path)!r} fails its SHA-256 check: its tensors or metadata changed after "
+            "it was written (a corrupt copy or an edited file)"
+        )
     try:
         meta = json.loads(header[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{str(path)!r} has corrupt prunelab metadata: {exc}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{str(path)!r} has corrupt prunelab metadata: "
+                              f"{one_line(str(exc), 120)}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{str(path)!r} has prunelab metadata that is not a mapping")
     return tensors, meta
 
 

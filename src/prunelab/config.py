@@ -34,6 +34,9 @@ from pydantic import (
     model_validator,
 )
 
+from prunelab.errors import PrunelabError, one_line, short_repr
+from prunelab.limits import MAX_CONFIG_BYTES, MAX_CONFIG_NODES
+
 from .criteria import available_criteria, criterion_class, get_criterion
 from .criteria.base import Criterion
 
@@ -56,7 +59,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(PrunelabError, ValueError):
     """A configuration is invalid; the message names each bad key and what is allowed."""
 
 
@@ -358,20 +361,61 @@ class RunConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not (v == "cpu" or v == "cuda" or v.startswith("cuda:") or v == "mps"):
-            raise ValueError(f"device {v!r} is unknown; allowed: cpu, cuda, cuda:N, mps")
+        from .devices import ALLOWED, NAME_PATTERN
+
+        if not NAME_PATTERN.fullmatch(v):
+            raise ValueError(f"device {v!r} is unknown; allowed: {ALLOWED}")
         return v
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
+    """Every bad key as ``key.path: problem (got <short repr>)``; never the whole value."""
+    errors = exc.errors()
     lines = [f"invalid configuration {source}:"]
-    for err in exc.errors():
+    for err in errors[:10]:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+        lines.append(f"  {loc}: {msg} (got {short_repr(err.get('input'))})")
+    if len(errors) > 10:
+        lines.append(f"  ... and {len(errors) - 10} more")
     return "\n".join(lines)
+
+
+def _expanded_size(data: Any, source: str) -> int:
+    """Number of values ``data`` holds once every YAML alias is expanded, computed in time
+    linear in the distinct objects.
+
+    Raises:
+        ConfigError: more than :data:`~prunelab.limits.MAX_CONFIG_NODES`, or a recursive alias.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(obj: Any, path: str) -> int:
+        if not isinstance(obj, dict | list):
+            return 1
+        key = id(obj)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"config file {source} holds a recursive YAML alias at {path}")
+        active.add(key)
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        total = 1
+        for k, v in items:
+            total += size(v, f"{path}.{k}" if path else str(k))
+            if total > MAX_CONFIG_NODES:
+                raise ConfigError(
+                    f"config file {source} expands to more than {MAX_CONFIG_NODES:,} values "
+                    f"(YAML aliases) at {path or '(top level)'}; a config is a few hundred"
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(data, "")
 
 
 def parse_config(data: Mapping[str, Any], source: str = "") -> RunConfig:
@@ -386,21 +430,76 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> RunConfig:
         raise ConfigError(_format_errors(exc, source)) from None
 
 
+#: The deepest nesting of ``[``/``{`` and the widest indentation a config may have (the YAML
+#: parser slows down sharply on deep nesting; real configs nest a few levels).
+MAX_FLOW_DEPTH = 64
+MAX_INDENT = 256
+
+
+def _check_nesting(text: str, source: str) -> None:
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_FLOW_DEPTH:
+        raise ConfigError(f"config file {source} nests brackets {deepest} deep, more than "
+                          f"the {MAX_FLOW_DEPTH} a config may")
+    widest = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
+    if widest > MAX_INDENT:
+        raise ConfigError(f"config file {source} is indented {widest} columns, more than the "
+                          f"{MAX_INDENT} a config may")
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping at top level.
 
+    The file is bounded before it is parsed (at most
+    :data:`~prunelab.limits.MAX_CONFIG_BYTES`, UTF-8 text) and after (at most
+    :data:`~prunelab.limits.MAX_CONFIG_NODES` values with YAML aliases expanded, no
+    recursive alias), so neither a huge file nor an alias bomb can hang the loader. Only
+    plain YAML is read (``yaml.safe_load``: no Python objects).
+
     Raises:
-        ConfigError: the file is missing, not YAML, or not a mapping.
+        ConfigError: the file is missing, a directory, too large, not text, not YAML, too
+            large once expanded, or not a mapping; the message names the file.
     """
     p = Path(path)
+    source = repr(str(p))
     try:
-        data = yaml.safe_load(p.read_text())
+        if p.is_dir():
+            raise ConfigError(f"config file {source} is a directory, expected a YAML file")
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {source} is {size:,} bytes, more than the "
+                              f"{MAX_CONFIG_BYTES:,} a config may have; is it a config?")
+        raw = p.read_bytes()[: MAX_CONFIG_BYTES + 1]
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(p)!r} does not exist") from None
+        raise ConfigError(f"config file {source} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {source} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {source} is not UTF-8 text; a config is a YAML "
+                          "text file") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {source} is binary (holds NUL bytes); a config is a "
+                          "YAML text file")
+    _check_nesting(text, source)
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {source} is not valid YAML: "
+                          f"{one_line(str(exc), 200)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {source} is nested too deeply") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
+        raise ConfigError(f"config file {source} must hold a mapping at top level, "
+                          f"not {type(data).__name__}")
+    _expanded_size(data, source)
     return data
 
 

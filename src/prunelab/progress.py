@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .atomic import write_text_atomic
 from .records import BestEpochEvent, DropoutEvent, EpochRecord, Event, PruneEvent
 
 __all__ = ["JsonlLog", "RichReporter"]
@@ -35,9 +36,8 @@ class JsonlLog:
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the log with ``records`` (after a resume, from the checkpoint)."""
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        tmp.replace(self.path)
+        write_text_atomic(self.path,
+                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one record."""

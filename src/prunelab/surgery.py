@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.errors import PrunelabError
+
 from .graph import (
     BATCHNORM_TYPES,
     DROPOUT_TYPES,
@@ -74,7 +76,7 @@ _SHAPE_ONLY_TYPES = (
 )  # fmt: skip
 
 
-class SurgeryError(ValueError):
+class SurgeryError(PrunelabError, ValueError):
     """Units were asked to be removed where physical surgery cannot remove them."""
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 
-__all__ = ["BUILTIN_CONFIGS", "builtin_config_path", "main"]
+__all__ = ["BUILTIN_CONFIGS", "add_allow_import", "builtin_config_path", "error_line", "main"]
 
 BUILTIN_CONFIGS: tuple[str, ...] = (
     "han2015-lenet300", "han2015-lenet5", "han2015-alexnet", "han2015-vgg16",
@@ -71,7 +71,8 @@ def _execute(cfg: object, args: argparse.Namespace) -> int:
             from ..report import write_report
 
             def after(out_dir: Path, summary: dict) -> None:
-                write_report(out_dir)
+                # the model files were just written from the user's own config
+                write_report(out_dir, allow_import={cfg.model.name})
         except ImportError:
             after = None
     summary = run_han(cfg, out, resume=args.resume, quiet=args.quiet, after_run=after)
@@ -112,7 +113,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..experiments.evaluation import evaluate_model_file
 
-    res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device)
+    res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device,
+                              allow_import=args.allow_import)
     if args.json:
         print(json.dumps({k: res[k] for k in ("test_error", "params_total", "params_nonzero")}))
     else:
@@ -130,7 +132,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     from ..experiments.evaluation import evaluate_model_file
 
-    res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device)
+    res = evaluate_model_file(args.model_file, data_root=args.data_root, device=args.device,
+                              allow_import=args.allow_import)
     stats = res["stats"]
     table = Table(title=f"{args.model_file}: {res['model']}, test error {res['test_error']:.2f}%")
     for col in ("layer", "kind", "shape", "weights", "nonzero", "kept %", "FLOP", "FLOP kept %",
@@ -171,6 +174,40 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    "(parameters, FLOP, target density) and stop, without reading data")
 
 
+def add_allow_import(p: argparse.ArgumentParser) -> None:
+    """The ``--allow-import`` option of the commands that open model files."""
+    p.add_argument("--allow-import", action="store_true",
+                   help="trust the file: honour an import path (package.module:Factory) as "
+                   "its model's name, which imports and runs that code (off: files may "
+                   "name only registered and torchvision models)")
+
+
+def error_line(exc: BaseException) -> str | None:
+    """The one line the command prints for an input error; ``None`` for a bug.
+
+    Input errors are prunelab's own (:class:`prunelab.errors.PrunelabError`), the
+    ``ValueError`` of argument checks, and operating-system errors on the user's files
+    (missing, a directory, no permission, disk full).
+
+    Example:
+        >>> error_line(FileNotFoundError(2, "No such file or directory", "m.safetensors"))
+        "'m.safetensors': No such file or directory"
+        >>> error_line(KeyError("x")) is None
+        True
+    """
+    from ..errors import PrunelabError, one_line
+
+    if isinstance(exc, PrunelabError | ValueError):
+        return one_line(str(exc))
+    if isinstance(exc, OSError):
+        where = f"{str(exc.filename)!r}: " if exc.filename is not None else ""
+        what = exc.strerror or str(exc) or type(exc).__name__
+        if exc.filename2 is not None:
+            where = f"{str(exc.filename)!r} -> {str(exc.filename2)!r}: "
+        return one_line(f"{where}{what}")
+    return None
+
+
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> (
     argparse.ArgumentParser
 ):
@@ -180,6 +217,8 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
         description="Learn which connections matter: Han et al. 2015 pruning, measured honestly.",
     )
     parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error (input errors included)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a prune-retrain pipeline from a YAML config",
@@ -203,6 +242,7 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
         p.add_argument("model_file", help="model file (model.safetensors) or compact export")
         p.add_argument("--data-root", help="dataset root (default: shipped data / PRUNELAB_DATA)")
         p.add_argument("--device", default="cpu", help="cpu or cuda")
+        add_allow_import(p)
         if name == "evaluate":
             p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
@@ -223,19 +263,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunelab`` command.
 
     Returns:
-        The exit status: 0 on success, 2 for user errors (bad config, missing file).
+        The exit status: 0 on success, 2 for input errors (bad config, missing, corrupt or
+        hostile file, unusable run directory or device, full disk), printed as one line
+        ``prunelab: error: ...``; other exceptions are bugs and keep their traceback
+        (``--debug`` shows tracebacks for input errors too).
     """
-    from ..checkpoint import CheckpointError
-    from ..config import ConfigError
-    from ..data import DatasetError
-    from ..experiments.rundir import RunDirectoryError
-
     parser = build_parser(_extra_commands())
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetError, RunDirectoryError, CheckpointError, ValueError) as exc:
-        print(f"prunelab: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        line = error_line(exc)
+        if line is None or args.debug:
+            raise
+        print(f"prunelab: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunelab: interrupted; continue with --resume", file=sys.stderr)

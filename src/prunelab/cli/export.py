@@ -71,7 +71,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..export import export_model, format_size_table_markdown, size_table
     from ..modelfile import load_any_model
 
-    model, meta = load_any_model(args.model_file)
+    model, meta = load_any_model(args.model_file, allow_import=args.allow_import)
     bits = resolve_index_bits(model, parse_index_bits(args.index_bits))
     if args.format != "han" and bits is not None:
         raise ValueError(f"--index-bits applies to --format han only, not {args.format!r}")
@@ -100,4 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index-bits", help="han only: '5' or 'fc=5,conv=8' or per layer 'fc1=4'")
     p.add_argument("--value-dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
+    from . import add_allow_import
+
+    add_allow_import(p)
     p.set_defaults(func=_cmd_export)

@@ -60,7 +60,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ..report.html import write_report
 
     try:
-        path = write_report(args.run_dir, args.out)
+        path = write_report(args.run_dir, args.out, allow_import=args.allow_import)
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from None
     print(f"report: {path}")
@@ -78,7 +78,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         res = run_sensitivity(
             args.path, grid=parse_grid(args.grid) if args.grid else None, mode=args.mode,
             budget=args.budget, out_dir=args.out, layers=args.layers, data_root=args.data_root,
-            device=args.device, epochs=args.epochs,
+            device=args.device, epochs=args.epochs, allow_import=args.allow_import,
         )
     except FileNotFoundError as exc:  # the CLI reports user errors as ValueError (exit 2)
         raise ValueError(str(exc)) from None
@@ -97,11 +97,14 @@ def _cmd_tradeoff(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``report``, ``sensitivity`` and ``tradeoff`` to the ``prunelab`` parser."""
+    from . import add_allow_import
+
     p = sub.add_parser("report", help="write report.html (and the figures) for a run directory",
                        description="Write a self-contained report.html with the paper-vs-ours "
                        "summary, the per-layer table and every figure the run has data for.")
     p.add_argument("run_dir", help="run directory of `prunelab run`")
     p.add_argument("--out", help="output directory (default: the run directory)")
+    add_allow_import(p)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
@@ -127,6 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="dataset root (default: shipped data / PRUNELAB_DATA)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_allow_import(p)
     p.set_defaults(func=_cmd_sensitivity)
 
     p = sub.add_parser(

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
@@ -30,6 +31,8 @@ from types import MappingProxyType
 from typing import Final
 
 import numpy as np
+
+from prunelab.errors import PrunelabError
 
 __all__ = [
     "DEFAULT_HINT",
@@ -43,7 +46,7 @@ __all__ = [
 ]
 
 
-class DatasetError(RuntimeError):
+class DatasetError(PrunelabError, RuntimeError):
     """A dataset file is missing, unreadable, corrupt or fails its checksum.
 
     The message always names the offending file (or directory), says what is wrong and
@@ -96,6 +99,12 @@ def _fail(path: str | os.PathLike[str], problem: str, hint: str | None) -> Datas
     return DatasetError(f"IDX file '{os.fspath(path)}': {problem} {hint or DEFAULT_HINT}")
 
 
+def max_dataset_bytes() -> int:
+    """The most bytes a compressed dataset file may expand to (``PRUNELAB_MAX_DATASET_BYTES``,
+    default 4 GiB; MNIST's largest file is 47 MB)."""
+    return int(os.environ.get("PRUNELAB_MAX_DATASET_BYTES", 4 << 30))
+
+
 def decompress_if_gzip(
     raw: bytes, path: str | os.PathLike[str] = "<bytes>", *, hint: str | None = None
 ) -> bytes:
@@ -110,7 +119,8 @@ def decompress_if_gzip(
         The decompressed bytes (or ``raw`` itself for a plain file).
 
     Raises:
-        DatasetError: The gzip stream is corrupt or truncated.
+        DatasetError: The gzip stream is corrupt or truncated, or decompresses to more than
+            :func:`max_dataset_bytes`.
 
     Example:
         >>> import gzip
@@ -121,8 +131,10 @@ def decompress_if_gzip(
     """
     if not raw.startswith(GZIP_MAGIC):
         return raw
+    limit = max_dataset_bytes()
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+            data = fh.read(limit + 1)  # streamed: a gzip bomb stops at the limit
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise _fail(
             path,
@@ -130,6 +142,14 @@ def decompress_if_gzip(
             f"truncated ({type(exc).__name__}: {exc}).",
             hint,
         ) from exc
+    if len(data) > limit:
+        raise _fail(
+            path,
+            f"the file decompresses to more than {limit:,} bytes "
+            "(PRUNELAB_MAX_DATASET_BYTES); it is not a dataset file of this kind.",
+            hint,
+        )
+    return data
 
 
 def read_decompressed(path: str | os.PathLike[str], *, hint: str | None = None) -> bytes:

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from ..config import RunConfig
 from ..data import DatasetError, TensorSplits, prepare_splits, splits_for_model_file
 from ..data.device import OnDevice
+from ..devices import resolve_device
 from ..distributed import rank, world_size
 from ..metrics import model_stats
 from ..modelfile import load_any_model
@@ -75,7 +77,11 @@ def split_test_error(
 
 
 def evaluate_model_file(
-    path: str | Path, *, data_root: str | None = None, device: str = "cpu"
+    path: str | Path,
+    *,
+    data_root: str | None = None,
+    device: str = "cpu",
+    allow_import: bool | Collection[str] = False,
 ) -> dict[str, Any]:
     """Test error (percent) and parameter counts of a saved model or compact export.
 
@@ -83,6 +89,8 @@ def evaluate_model_file(
         path: a model file (``model.safetensors``) or a compact export file.
         data_root: dataset root (default: the shipped data / ``PRUNELAB_DATA``).
         device: ``"cpu"`` or ``"cuda"``.
+        allow_import: honour an import path as the file's model name (see
+            :func:`prunelab.modelfile.load_model_file`).
 
     Returns:
         ``{"test_error", "params_total", "params_nonzero", ...}``.
@@ -90,7 +98,8 @@ def evaluate_model_file(
     Raises:
         prunelab.checkpoint.CheckpointError: not a prunelab model file.
     """
-    model, meta = load_any_model(path, device=device)
+    resolve_device(device)
+    model, meta = load_any_model(path, device=device, allow_import=allow_import)
     if (meta.get("dataset") or {}).get("name") == "imagefolder":
         from ..data.imagefolder import ImageFolderSpec, open_imagefolder
 

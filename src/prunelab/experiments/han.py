@@ -33,7 +33,13 @@ from typing import Any, Protocol, TypeAlias
 import torch
 from torch import nn
 
-from ..checkpoint import load_tensors, optimizer_from_flat, optimizer_to_flat, save_tensors
+from ..checkpoint import (
+    CheckpointError,
+    load_tensors,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_tensors,
+)
 from ..config import (
     IterationConfig,
     LRPolicyConfig,
@@ -45,6 +51,7 @@ from ..data import TensorSplits
 from ..data.device import OnDevice
 from ..dead_neurons import prune_dead_neurons
 from ..distributed import broadcast_object, is_distributed, rank, sync_masks, world_size
+from ..errors import one_line
 from ..graph import DROPOUT_TYPES, Structure, trace_structure
 from ..masks import effective_tensor, iter_masks, load_pruned_state_dict, set_mask, sparsity
 from ..metrics import ModelStats, model_stats
@@ -434,9 +441,25 @@ class HanPipeline:
         tensors, meta = load_tensors(path, device=str(self.device))
         self._restored = True
         if meta.get("kind") != "checkpoint":
-            raise ValueError(f"{str(path)!r} is not a pipeline checkpoint")
+            raise CheckpointError(f"{str(path)!r} is not a pipeline checkpoint")
+        try:
+            self._restore_from(path, tensors, meta)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{str(path)!r} is not a complete pipeline checkpoint (bad or missing entry "
+                f"{one_line(str(exc), 80)}); start the run afresh in a new directory"
+            ) from None
+        except (RuntimeError, ValueError) as exc:  # tensors that do not fit the model
+            raise CheckpointError(f"{str(path)!r} does not fit this run's model: "
+                                  f"{one_line(str(exc), 200)}") from None
+        return True
+
+    def _restore_from(self, path: Path, tensors: dict[str, torch.Tensor],
+                      meta: dict[str, Any]) -> None:
         if meta["config"] != self.cfg.model_dump(mode="json"):
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {str(path)!r} was written with a different configuration; "
                 "resume with the same config or start a new run directory"
             )
@@ -448,7 +471,7 @@ class HanPipeline:
         load_pruned_state_dict(self.model, strip["model."])
         saved_world = int(meta.get("world_size", 1))
         if saved_world != self.world:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {str(path)!r} was written by a run of {saved_world} rank(s); "
                 f"resume it with {saved_world} (this job has {self.world})"
             )
@@ -469,7 +492,6 @@ class HanPipeline:
         if meta["optimizer"] is not None and self.phase < self.num_phases:
             self.optimizer, self._params = self._make_optimizer(self.phase)
             optimizer_from_flat(self.optimizer, tensors, meta["optimizer"])
-        return True
 
     # --------------------------------------------------------------------- run
     def run(self, *, resume: bool = False) -> PipelineResult:

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from typing import Any
 import torch
 import yaml
 
+from ..atomic import remove_stale_temp_files, write_text_atomic
 from ..config import RunConfig, config_hash
 from ..data import TensorSplits
+from ..devices import resolve_device
 from ..distributed import DistContext, broadcast_object, init_from_env, shutdown, world_size
 from ..masks import load_pruned_state_dict
 from ..metrics import ModelStats, model_stats
@@ -42,7 +45,7 @@ from ..records import DropoutEvent, EpochRecord, PruneEvent
 from ..report.tables import layer_table_markdown
 from .evaluation import open_splits, split_test_error
 from .han import CHECKPOINT_NAME, HanPipeline
-from .rundir import RunDirectoryError
+from .rundir import RunDirectoryError, open_run_dir
 
 __all__ = ["run_han"]
 
@@ -65,10 +68,16 @@ def run_han(
         quiet: no progress output.
         after_run: optional callable ``(out_dir, summary)`` (e.g. the report writer).
 
+    Temporary files that an interrupted write left in ``out_dir`` are removed first.
+
     Raises:
-        RunDirectoryError: ``out_dir`` holds a checkpoint and ``resume`` is false, or holds
-            a run of another configuration.
+        RunDirectoryError: ``out_dir`` is a file or lies under one, holds a checkpoint and
+            ``resume`` is false, holds no checkpoint and ``resume`` is true, or holds a run
+            of another configuration.
+        prunelab.errors.DeviceError: ``cfg.device`` is not on this machine.
     """
+    if os.environ.get("LOCAL_RANK") is None:  # torchrun gives each rank its own cuda:N
+        resolve_device(cfg.device)
     ctx = init_from_env(cfg.device)
     try:
         return _run(cfg, Path(out_dir), resume=resume, quiet=quiet, after_run=after_run,
@@ -76,6 +85,27 @@ def run_han(
     finally:
         if ctx is not None:
             shutdown()
+
+
+def _resume_problem(
+    out: Path, ck: Path, cfg_path: Path, resolved: dict[str, Any], resume: bool
+) -> str | None:
+    """Why ``out`` cannot be (re)started as asked, as one line; ``None`` when it can."""
+    if ck.exists() and not resume:
+        return (f"{str(out)!r} already holds a run (checkpoint {ck.name}); pass --resume to "
+                "continue it or choose another --out")
+    if resume and not ck.exists():
+        return (f"--resume: {str(out)!r} holds no checkpoint ({ck.name}) to continue from; "
+                "run without --resume to start the run afresh")
+    if resume and cfg_path.exists():
+        try:
+            saved = yaml.safe_load(cfg_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            saved = None
+        if saved != resolved:
+            return (f"{str(out)!r} holds a run of another configuration; resume it with the "
+                    "same config (and seed) or choose another --out")
+    return None
 
 
 def _run(
@@ -94,20 +124,12 @@ def _run(
     resolved = cfg.model_dump(mode="json")
     problem: str | None = None
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        if ck.exists() and not resume:
-            problem = (
-                f"{str(out)!r} already holds a run (checkpoint {ck.name}); pass --resume to "
-                "continue it or choose another --out"
-            )
-        elif (resume and cfg_path.exists()
-              and yaml.safe_load(cfg_path.read_text()) != resolved):
-            problem = (
-                f"{str(out)!r} holds a run of another configuration; resume it with the "
-                "same config (and seed) or choose another --out"
-            )
+        problem = open_run_dir(out)
         if problem is None:
-            cfg_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+            remove_stale_temp_files(out)
+            problem = _resume_problem(out, ck, cfg_path, resolved, resume)
+        if problem is None:
+            write_text_atomic(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
     # the other ranks learn rank 0's verdict, and read the run directory only after it
     problem = broadcast_object(problem)
     if problem is not None:
@@ -155,8 +177,8 @@ def _run(
     save_model_file(out / "model.safetensors", result.model, spec, dataset=dataset_meta,
                     extra={"summary": {k: summary[k] for k in
                                        ("test_error_pruned", "params_total", "params_nonzero")}})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    (out / "layers.md").write_text(layer_table_markdown(summary))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(out / "layers.md", layer_table_markdown(summary))
     if after_run is not None:
         after_run(out, summary)
     return summary

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +321,7 @@ def run_sensitivity(
     data_root: str | None = None,
     device: str = "cpu",
     epochs: int = 10,
+    allow_import: bool | Collection[str] = False,
 ) -> dict[str, Any]:
     """Sweep a model file (or a run directory's dense model) and write the results.
 
@@ -338,7 +339,10 @@ def run_sensitivity(
     model_file, default_out = resolve_model_file(path)
     out = Path(out_dir) if out_dir is not None else default_out
     values = _check_grid(grid if grid is not None else DEFAULT_GRID[mode], mode)
-    model, meta = load_model_file(model_file, device=device)
+    from ..devices import resolve_device
+
+    resolve_device(device)
+    model, meta = load_model_file(model_file, device=device, allow_import=allow_import)
     x, y = validation_tensors(meta, data_root=data_root, device=device)
     rows = sensitivity_sweep(model, x, y, grid=values, mode=mode, layers=layers)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from prunelab.checkpoint import write_safetensors_atomic
+from prunelab.checkpoint import DIGEST_KEY, content_digest, write_safetensors_atomic
+from prunelab.errors import FileFormatError, one_line, short_repr
 from prunelab.export.csr import CsrEncoded, decode_csr, encode_csr
 from prunelab.export.relative_index import (
     RelativeEncoded,
@@ -45,6 +46,7 @@ from prunelab.export.relative_index import (
     weight_dtype_from_name,
     weight_dtype_name,
 )
+from prunelab.limits import check_elements, max_decoded_bytes
 
 __all__ = [
     "FORMATS",
@@ -83,7 +85,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 LayerInput = torch.Tensor | RelativeEncoded | CsrEncoded
 
 
-class ExportFormatError(ValueError):
+class ExportFormatError(FileFormatError):
     """A file is not a readable prunelab compact file (not safetensors, foreign, or corrupt)."""
 
 
@@ -353,7 +355,8 @@ def save_compact(
     # Own, contiguous CPU copies: safetensors refuses tensors that share storage.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     path = Path(path)
-    write_safetensors_atomic(path, tensors, {METADATA_KEY: header_json})
+    write_safetensors_atomic(path, tensors, {METADATA_KEY: header_json,
+                                             DIGEST_KEY: content_digest(tensors, header_json)})
     return path
 
 
@@ -556,6 +559,30 @@ def _layer_from_arrays(
     return dense
 
 
+def _check_claimed_sizes(path: Path, layers: Mapping[str, Any]) -> None:
+    """Refuse a header whose layers would decode to more memory than allowed, before any
+    of them is decoded (a header can claim any shape)."""
+    total = 0
+    for name, info in layers.items():
+        if not isinstance(info, dict):
+            raise _fail(path, f"layer {short_repr(name)} has no description")
+        try:
+            itemsize = weight_dtype_from_name(str(info.get("dtype"))).itemsize
+        except (ValueError, TypeError, KeyError):
+            raise _fail(path, f"layer {short_repr(name)} has unknown dtype "
+                        f"{short_repr(info.get('dtype'))}") from None
+        total += check_elements(info.get("shape"), f"layer {short_repr(name)}", str(path),
+                                ExportFormatError) * itemsize
+    limit = max_decoded_bytes()
+    if total > limit:
+        raise _fail(
+            path,
+            f"its layers claim {total / 2**30:,.1f} GiB once decoded, more than the "
+            f"{limit / 2**30:,.1f} GiB allowed (PRUNELAB_MAX_DECODED_BYTES); the header is "
+            "corrupt or the model too large for this machine",
+        )
+
+
 def load_compact(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a compact file back into a plain, dense state dict.
 
@@ -584,28 +611,50 @@ def load_compact(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     """
     path = _existing_file(path)
     try:
+        return _load_compact(path)
+    except ExportFormatError:
+        raise
+    except (TypeError, KeyError, ValueError, IndexError, AttributeError, RuntimeError,
+            OverflowError, RecursionError) as exc:  # any other inconsistency of the header
+        raise _fail(path, f"is corrupt or inconsistent ({type(exc).__name__}: "
+                    f"{one_line(str(exc), 160)})") from None
+
+
+def _load_compact(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
         with safe_open(str(path), framework="pt") as handle:
-            header = _parse_header(path, handle.metadata())
+            file_metadata = handle.metadata()
+            header = _parse_header(path, file_metadata)
             keys = set(handle.keys())
+            raw = {k: handle.get_tensor(k) for k in keys}  # bounded by the file's own size
             layers: dict[str, torch.Tensor] = {}
             expected_keys: set[str] = set()
+            _check_claimed_sizes(path, header["layers"])
+            extra = set(file_metadata or {}) - {METADATA_KEY, DIGEST_KEY}
+            if extra:
+                raise _fail(path, f"has unknown header entries {short_repr(sorted(extra))}; it "
+                            "is corrupt or not written by prunelab")
+            digest = (file_metadata or {}).get(DIGEST_KEY)
+            if digest is not None and content_digest(raw, file_metadata[METADATA_KEY]) != digest:
+                raise _fail(path, "fails its SHA-256 check: its arrays or header changed after "
+                            "it was written (a corrupt copy or an edited file)")
             for name, info in header["layers"].items():
                 encoding = info.get("encoding") if isinstance(info, dict) else None
                 if encoding not in _FIELDS:
-                    raise _fail(path, f"layer {name!r} has unknown encoding {encoding!r}")
+                    raise _fail(path, f"layer {name!r} has unknown encoding {short_repr(encoding)}")
                 arrays: dict[str, torch.Tensor] = {}
                 for field in _FIELDS[encoding]:
                     key = f"{name}/{field}"
                     if key not in keys:
                         raise _fail(path, f"layer {name!r} is missing its array {key!r}")
-                    arrays[field] = handle.get_tensor(key)
+                    arrays[field] = raw[key]
                     expected_keys.add(key)
                 layers[name] = _layer_from_arrays(path, name, info, arrays)
             others: dict[str, torch.Tensor] = {}
             for name, info in header["tensors"].items():
                 if name not in keys:
                     raise _fail(path, f"tensor {name!r} is declared but missing")
-                tensor = handle.get_tensor(name)
+                tensor = raw[name]
                 if not isinstance(info, dict) or (
                     list(tensor.shape) != info.get("shape")
                     or str(tensor.dtype) != info.get("dtype")

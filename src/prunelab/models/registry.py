@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["MODELS", "available_models", "build_model", "register_model"]
+__all__ = ["MODELS", "available_models", "available_torchvision", "build_model", "register_model"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -66,6 +66,16 @@ def _torchvision_models() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def available_torchvision() -> list[str]:
+    """torchvision's classification model names (without the ``torchvision.`` prefix).
+
+    Example:
+        >>> "resnet18" in available_torchvision()
+        True
+    """
+    return _torchvision_models()
 
 
 def _torchvision_factory(arch: str) -> Callable[..., nn.Module]:

@@ -19,7 +19,7 @@ import html
 import json
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,7 +226,12 @@ def _draw(fig_id: str, out: Path, make: Callable[[Path], Any]) -> bytes:
     return path.read_bytes()
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def write_report(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    allow_import: bool | Collection[str] = False,
+) -> Path:
     """Write ``report.html`` (self-contained) and one PNG per figure for a run directory.
 
     Args:
@@ -235,6 +240,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             ``log.jsonl``, ``dense_model.safetensors``, ``model.safetensors``; an optional
             ``sensitivity/sensitivity.csv`` from ``prunelab sensitivity RUN_DIR``).
         out_dir: where to write (default: ``run_dir``).
+        allow_import: honour an import path as the model files' model name (see
+            :func:`prunelab.modelfile.load_model_file`; a run's own config passes its own).
 
     Returns:
         The path of ``report.html``.
@@ -268,9 +275,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
 
     dense = pruned = None
     if (run / "dense_model.safetensors").exists():
-        dense, _ = load_model_file(run / "dense_model.safetensors")
+        dense, _ = load_model_file(run / "dense_model.safetensors", allow_import=allow_import)
     if (run / "model.safetensors").exists():
-        pruned, _ = load_model_file(run / "model.safetensors")
+        pruned, _ = load_model_file(run / "model.safetensors", allow_import=allow_import)
 
     figs: list[ReportFigure] = []
     centre: list[F.CentreStats] = []

@@ -50,8 +50,6 @@ import copy
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +59,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...atomic import write_text_atomic
 from ...channel_masks import apply_channel_masks
 from ...checkpoint import load_tensors, save_tensors
 from ...criteria import get_criterion, layer_seed
@@ -635,7 +634,9 @@ def get_large_model(
         save_tensors(init_path, large.init_state, {"kind": "rethink-init", "hash": h})
         save_model_file(model_path, large.model, spec, dataset=dict(data.meta),
                         extra={"rethink": {"key": key, "hash": h, "info": large.info}})
-    model, meta = load_model_file(model_path, device=cfg.device)
+    # the file was written above from the user's own config: its import path is theirs
+    model, meta = load_model_file(model_path, device=cfg.device,
+                                  allow_import={cfg.model.name})
     init_state, _ = load_tensors(init_path, device=cfg.device)
     info = meta["rethink"]["info"]
     if not info_path.is_file():
@@ -646,19 +647,7 @@ def get_large_model(
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``):
     a crash leaves the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- pruning

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import yaml
 
+from ...atomic import write_text_atomic
+from ...config import read_yaml_mapping
 from ...data import TensorSplits
 from ...report.rethink import plot_results, table_markdown
 from ..rundir import RunDirectoryError
@@ -418,10 +420,10 @@ def write_report(out_dir: str | Path, cfg: RethinkConfig | None = None) -> dict[
         p = out / "config.yaml"
         if not p.is_file():
             raise RunDirectoryError(f"{str(out)!r} has no config.yaml; is it a sweep directory?")
-        cfg = parse_rethink_config(yaml.safe_load(p.read_text()), repr(str(p)))
+        cfg = parse_rethink_config(read_yaml_mapping(p), repr(str(p)))
     agg = aggregate(cfg, out)
-    (out / "results.json").write_text(json.dumps(agg, indent=1) + "\n")
-    (out / "table.md").write_text(table_markdown(agg))
+    write_text_atomic(out / "results.json", json.dumps(agg, indent=1) + "\n")
+    write_text_atomic(out / "table.md", table_markdown(agg))
     files = {"results": str(out / "results.json"), "table": str(out / "table.md")}
     if any(r["baseline"] != "pruned" for r in agg["rows"]):
         plot_results(agg, out / "plot.png")
