@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,17 @@ def write_safetensors_atomic(
         The path written.
     """
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=dict(header)))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(clean, tmp, metadata=dict(header))
+        except SafetensorError as exc:  # safetensors reports I/O failures (a full disk) itself
+            text = str(exc)
+            code = errno.ENOSPC if "No space left" in text else errno.EIO
+            raise OSError(code, os.strerror(code) + f" ({one_line(text, 120)})",
+                          str(path)) from None
+
+    return atomic_write(path, write)
 
 
 def content_digest(tensors: Mapping[str, torch.Tensor], text: str = "") -> str:
