@@ -92,6 +92,20 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
+#: A whole ``prunelab run`` on 512 MNIST images in a few seconds (2 dense epochs, 2 pruning
+#: iterations, dead-neuron removal), for tests that start real runs in subprocesses.
+SMALL_MNIST_RUN: dict[str, Any] = {
+    "name": "small-mnist",
+    "model": {"name": "lenet300"},
+    "data": {"name": "mnist", "val_size": 256, "subset": 512},
+    "seed": 0,
+    "threads": 1,
+    "train": {"epochs": 2, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.05}},
+    "prune": {"method": "std", "dead_neurons": True,
+              "schedule": [{"q": 1.0, "epochs": 1}, {"q": 1.5, "epochs": 1}]},
+}
+
+
 def make_config(**sections: Any) -> RunConfig:
     """``BASE_CONFIG`` deep-merged with ``sections`` (a section given as a dict is merged)."""
     return parse_config(_merge(BASE_CONFIG, sections))

@@ -50,21 +50,13 @@ from typing import Any, Protocol, TypeVar
 import pytest
 import torch
 import yaml
+from conftest import SMALL_MNIST_RUN
 
 import prunelab
 from prunelab.checkpoint import load_tensors
 from prunelab.experiments.han import CHECKPOINT_NAME
 
-CONFIG = {
-    "name": "faults",
-    "model": {"name": "lenet300"},
-    "data": {"name": "mnist", "val_size": 256, "subset": 512},
-    "seed": 0,
-    "threads": 1,
-    "train": {"epochs": 2, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.05}},
-    "prune": {"method": "std", "dead_neurons": True,
-              "schedule": [{"q": 1.0, "epochs": 1}, {"q": 1.5, "epochs": 1}]},
-}
+CONFIG = {**SMALL_MNIST_RUN, "name": "faults"}
 
 # (phase, epoch_done) of each checkpoint write: one after every epoch, one after every phase
 CHECKPOINTS = [(0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0)]

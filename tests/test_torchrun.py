@@ -15,19 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SMALL_MNIST_RUN
 
 from prunelab.checkpoint import load_tensors
 
-CONFIG = {
-    "name": "ddp-smoke",
-    "model": {"name": "lenet300"},
-    "data": {"name": "mnist", "val_size": 256, "subset": 512},
-    "seed": 0,
-    "threads": 1,
-    "train": {"epochs": 2, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.05}},
-    "prune": {"method": "std", "dead_neurons": True,
-              "schedule": [{"q": 1.0, "epochs": 1}, {"q": 1.5, "epochs": 1}]},
-}
+CONFIG = {**SMALL_MNIST_RUN, "name": "ddp-smoke"}
 
 
 def _write_config(tmp_path: Path, **train: object) -> Path:

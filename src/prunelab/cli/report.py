@@ -59,10 +59,7 @@ def add_tradeoff_arguments(p: argparse.ArgumentParser) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..report.html import write_report
 
-    try:
-        path = write_report(args.run_dir, args.out, allow_import=args.allow_import)
-    except FileNotFoundError as exc:
-        raise ValueError(str(exc)) from None
+    path = write_report(args.run_dir, args.out, allow_import=args.allow_import)
     print(f"report: {path}")
     return 0
 
@@ -74,14 +71,12 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    try:
-        res = run_sensitivity(
-            args.path, grid=parse_grid(args.grid) if args.grid else None, mode=args.mode,
-            budget=args.budget, out_dir=args.out, layers=args.layers, data_root=args.data_root,
-            device=args.device, epochs=args.epochs, allow_import=args.allow_import,
-        )
-    except FileNotFoundError as exc:  # the CLI reports user errors as ValueError (exit 2)
-        raise ValueError(str(exc)) from None
+    # a missing file (FileNotFoundError) is an input error: prunelab.cli.main prints one line
+    res = run_sensitivity(
+        args.path, grid=parse_grid(args.grid) if args.grid else None, mode=args.mode,
+        budget=args.budget, out_dir=args.out, layers=args.layers, data_root=args.data_root,
+        device=args.device, epochs=args.epochs, allow_import=args.allow_import,
+    )
     print(f"baseline validation accuracy {100 * res['baseline_accuracy']:.2f}%; suggested q "
           f"(budget {args.budget:g} points): "
           + ", ".join(f"{k}={v:g}" for k, v in res["choice"].items()))

@@ -33,6 +33,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..atomic import write_text_atomic
 from ..criteria import magnitude_mask, population_std
 from ..masks import effective_tensor, get_mask, raw_parameter
 from ..records import SensitivityRow, read_rows_csv, write_rows_csv
@@ -360,7 +361,8 @@ def run_sensitivity(
                f"q whose\nvalidation accuracy drop (layer pruned alone, no retraining) stays "
                f"within {budget:g} points\nof {100 * rows[0].baseline_accuracy:.2f}%. q scales "
                "the std of the trained dense weights.")
-    (out / "suggested_q.yaml").write_text(config_snippet(choice, epochs=epochs, comment=comment))
+    write_text_atomic(out / "suggested_q.yaml",
+                      config_snippet(choice, epochs=epochs, comment=comment))
     return {"rows": rows, "choice": choice, "out_dir": out,
             "baseline_accuracy": rows[0].baseline_accuracy,
             "files": [out / "sensitivity.csv", out / "sensitivity.png",

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import write_text_atomic
+
 __all__ = ["CURVES", "TradeoffConfig", "main", "run_tradeoff"]
 
 CURVES: tuple[str, ...] = ("L1, no retrain", "L2, no retrain", "L1 + retrain", "L2 + retrain",
@@ -242,7 +244,7 @@ def run_tradeoff(
         "torch_threads": torch.get_num_threads(),
         "files": {"csv": csv_path.name, "png": png_path.name, "json": json_path.name},
     }
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
     _log(f"wrote {csv_path}, {png_path}, {json_path} in {result['time_s']:.0f} s", quiet)
     return result
 

@@ -27,6 +27,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from .. import __version__
+from ..atomic import write_text_atomic
 from ..paper import PAPER
 from . import figures as F
 
@@ -353,9 +354,8 @@ def write_report(
         sens if sens_csv is not None else None,
         "no sensitivity sweep; run `prunelab sensitivity RUN_DIR` and rebuild the report")
 
-    (out / "report.html").write_text(
-        _render(run, summary, records, config_text, paper, figs, centre)
-    )
+    write_text_atomic(out / "report.html",
+                      _render(run, summary, records, config_text, paper, figs, centre))
     return out / "report.html"
 
 

@@ -194,9 +194,8 @@ def run_sweep(
             "(finished cells are skipped) or choose another --out"
         )
     cells_dir.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    )
+    write_text_atomic(out / "config.yaml",
+                      yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     cells = plan_cells(cfg)
