@@ -1,4 +1,5 @@
-"""Compact storage of pruned models: Han's relative-index format, CSR, and a safetensors container.
+"""Compact storage of pruned models: Han's relative-index format, CSR, a safetensors container;
+and ONNX export (:mod:`prunelab.export.onnx`, effective weights with exact zeros).
 
 Example:
     >>> import os, tempfile, torch
@@ -27,6 +28,13 @@ from prunelab.export.container import (
     save_compact,
 )
 from prunelab.export.csr import CsrEncoded, csr_matrix_shape, decode_csr, encode_csr, to_torch_csr
+from prunelab.export.onnx import (
+    OnnxExportError,
+    OnnxUnavailableError,
+    check_onnx,
+    export_onnx,
+    run_onnx,
+)
 from prunelab.export.relative_index import (
     RelativeEncoded,
     decode_relative,
@@ -45,7 +53,10 @@ __all__ = [
     "CsrEncoded",
     "ExportFormatError",
     "LayerSize",
+    "OnnxExportError",
+    "OnnxUnavailableError",
     "RelativeEncoded",
+    "check_onnx",
     "compressible_weight_names",
     "csr_matrix_shape",
     "decode_csr",
@@ -55,12 +66,14 @@ __all__ = [
     "encode_csr",
     "encode_relative",
     "export_model",
+    "export_onnx",
     "format_size_table_markdown",
     "load_compact",
     "pack_bits",
     "packed_nbytes",
     "read_compact_header",
     "relative_entry_counts",
+    "run_onnx",
     "save_compact",
     "size_table",
     "to_torch_csr",
