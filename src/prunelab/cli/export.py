@@ -1,4 +1,5 @@
-"""``prunelab export``: write a saved model in a compact format and print its size table."""
+"""``prunelab export``: write a saved model in a compact format and print its size table, or
+as an ONNX graph with its effective (masked) weights (``--format onnx``)."""
 
 from __future__ import annotations
 
@@ -65,12 +66,63 @@ def resolve_index_bits(model: object, spec: int | dict[str, int] | None) -> int 
     return out
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..export import effective_state_dict
+    from ..export.onnx import (
+        BATCH_DIM,
+        check_onnx,
+        export_onnx,
+        input_shape_from_metadata,
+        parse_input_shape,
+        require_onnx,
+    )
+    from ..modelfile import load_any_model
+
+    if args.index_bits is not None or args.value_dtype != "float32":
+        raise ValueError("--index-bits and --value-dtype do not apply to --format onnx "
+                         "(its weights are float32 dense initializers)")
+    require_onnx("onnx", "onnxscript", *(("onnxruntime",) if args.check else ()))
+    model, meta = load_any_model(args.model_file, allow_import=args.allow_import)
+    if args.input_shape is not None:
+        shape = parse_input_shape(args.input_shape)
+    else:
+        shape = input_shape_from_metadata(meta)
+        if shape is None:
+            raise ValueError(f"{str(args.model_file)!r} does not record its input shape; "
+                             "give one with --input-shape, e.g. --input-shape 1,3,224,224")
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(shape, generator=gen)
+    out = export_onnx(model, args.out, example, opset=args.opset)
+    params = {n for n, _ in model.named_parameters()}
+    state = effective_state_dict(model)
+    kept = [t for k, t in state.items() if k in params or f"{k}_orig" in params]
+    nonzero, total = sum(int(t.count_nonzero()) for t in kept), sum(t.numel() for t in kept)
+    print(f"wrote {out} ({Path(out).stat().st_size:,} bytes; opset {args.opset}; input "
+          f"{'x'.join(map(str, shape))}, batch dimension {BATCH_DIM!r} dynamic; "
+          f"{nonzero:,} of {total:,} parameters nonzero, pruned ones exact zeros)")
+    if args.check:
+        diffs = []
+        for batch in (shape[0], 64):
+            x = torch.randn((batch, *shape[1:]), generator=gen)
+            diffs.append(check_onnx(out, model, x))
+        print(f"check: max abs difference onnxruntime vs torch: {max(diffs):.3g} "
+              f"(batch {shape[0]} and 64)")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..export import export_model, format_size_table_markdown, size_table
     from ..modelfile import load_any_model
 
+    if args.format == "onnx":
+        return _cmd_export_onnx(args)
+    for flag, value in (("--input-shape", args.input_shape), ("--check", args.check or None)):
+        if value is not None:
+            raise ValueError(f"{flag} applies to --format onnx only, not {args.format!r}")
     model, meta = load_any_model(args.model_file, allow_import=args.allow_import)
     bits = resolve_index_bits(model, parse_index_bits(args.index_bits))
     if args.format != "han" and bits is not None:
@@ -90,16 +142,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` to the ``prunelab`` command."""
     p = sub.add_parser(
-        "export", help="write a model in a compact format (han, csr, dense)",
+        "export", help="write a model in a compact format (han, csr, dense) or as ONNX",
         description="Export a saved model: Han's relative-index format (5-bit FC / 8-bit conv "
-        "indices by default), CSR with int32 indices, or dense. `prunelab evaluate` loads the "
-        "result and gives the same test error.",
+        "indices by default), CSR with int32 indices, or dense; `prunelab evaluate` loads the "
+        "result and gives the same test error. --format onnx writes an ONNX graph (torch's "
+        "dynamo exporter) with the masks folded into dense weights and a dynamic batch size; "
+        "it needs `pip install 'prunelab[onnx]'`.",
     )
     p.add_argument("model_file", help="model file (model.safetensors)")
-    p.add_argument("--format", choices=("han", "csr", "dense"), default="han")
+    p.add_argument("--format", choices=("han", "csr", "dense", "onnx"), default="han")
     p.add_argument("--index-bits", help="han only: '5' or 'fc=5,conv=8' or per layer 'fc1=4'")
     p.add_argument("--value-dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    p.add_argument("--out", required=True, help="output file (.safetensors)")
+    p.add_argument("--out", required=True, help="output file (.safetensors; .onnx for onnx)")
+    p.add_argument("--input-shape", help="onnx only: example input shape, batch first, e.g. "
+                   "'1,1,28,28' (default: from the model file's dataset)")
+    from ..export.onnx import DEFAULT_OPSET
+
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"onnx only: ONNX opset version (default {DEFAULT_OPSET})")
+    p.add_argument("--check", action="store_true", help="onnx only: run the file with "
+                   "onnxruntime at batch 1 and 64 and print the max abs difference from torch")
     from . import add_allow_import
 
     add_allow_import(p)
