@@ -11,8 +11,9 @@ largest absolute difference from torch's output.
 Exporter: ``torch.onnx.export(..., dynamo=True)``, the ``torch.export``-based exporter (it
 needs ``onnxscript``). It is torch's default and maintained exporter since torch 2.9; the
 legacy TorchScript exporter (``dynamo=False``) still runs in torch 2.14.1 but warns that it
-is deprecated and will be removed. On LeNet-300-100, LeNet-5 and ResNet-18 both gave the
-same operators and matched torch to ~1e-6.
+is deprecated and will be removed. Both export LeNet-5 to the same Conv/MaxPool/Gemm graph;
+the dynamo one also handles LeNet-300-100 and ResNet-18 with a dynamic batch, matching torch
+to ~1e-6 in ONNX Runtime.
 
 The packages (``onnx``, ``onnxscript``, ``onnxruntime``) are an optional extra: ``pip install
 'prunelab[onnx]'``; without them the functions raise :class:`OnnxUnavailableError`, one line
