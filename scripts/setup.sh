@@ -18,4 +18,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = "0" ] && command
    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \
     || echo "setup: could not install dataset-fashion-mnist (Fashion-MNIST tests will be skipped)"
 fi
+# Build the C++ sparse kernels now (cached; without a compiler the pure-torch fallback runs).
+.venv/bin/python -c 'from prunelab.runtime import native; print("setup:", native.status_line())' \
+  2>/dev/null || echo "setup: native sparse kernels not built (the pure-torch fallback will run)"
 echo "setup: prunelab $(.venv/bin/python -c 'import prunelab; print(prunelab.__version__)') ready in .venv"
