@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from prunelab.runtime import (
+    PackedConv2d,
+    PackedLinear,
     SparseLinear,
     SparseModel,
     compile_sparse,
@@ -19,9 +21,11 @@ from prunelab.runtime import (
     dense_weight_bytes,
     make_pruning_permanent,
     measure_us,
+    native,
 )
 
 ATOL = 1e-5
+SPARSE = (SparseLinear, PackedLinear, PackedConv2d)
 FAST = {"repeats": 3, "warmup": 1}
 
 
@@ -159,7 +163,8 @@ def test_compile_sparse_mlp_matches_masked(batch: int, whole_model_check: bool) 
     assert [d.layer for d in sm.report] == ["1", "3", "5"]
     if not whole_model_check:
         assert sm.n_sparse == 3
-        assert isinstance(sm.model[1], SparseLinear)
+        assert isinstance(sm.model[1], SPARSE)
+        assert sm.plan() == {d.layer: d.chosen for d in sm.report}
     else:
         assert sm.dense_us is not None and sm.dense_us > 0
         if sm.fell_back:
@@ -178,12 +183,18 @@ def test_compile_sparse_convnet_matches_masked() -> None:
     with torch.no_grad():
         out = sm(x)
     assert _max_err(out, ref) <= ATOL
-    assert [d.layer for d in sm.report] == ["5", "7"]  # convs are kept dense, not reported
-    assert isinstance(sm.model[0], nn.Conv2d)
-    assert not hasattr(sm.model[0], "weight_orig")  # pruning made permanent
-    assert torch.equal(sm.model[0].weight, net[0].weight)
-    assert isinstance(sm.model[5], SparseLinear)
-    assert sm.report[0].density == pytest.approx(float((net[5].weight != 0).float().mean()))
+    assert [d.layer for d in sm.report] == ["0", "2", "5", "7"]
+    dense = compile_sparse(net, x, candidates=("dense", "csr"), min_speedup=1e-9,
+                           whole_model_check=False, **FAST)
+    assert isinstance(dense.model[0], nn.Conv2d)  # torch CSR does not cover convs
+    assert "nn.Linear only" in dense.report[0].note
+    assert not hasattr(dense.model[0], "weight_orig")  # pruning made permanent
+    assert torch.equal(dense.model[0].weight, net[0].weight)
+    assert isinstance(sm.model[5], SPARSE)
+    if native.available():
+        assert isinstance(sm.model[0], PackedConv2d)
+        assert torch.equal(sm.model[0].to_dense(), net[0].weight)
+    assert sm.report[2].density == pytest.approx(float((net[5].weight != 0).float().mean()))
 
 
 def test_report_covers_every_linear_and_fallback_to_dense() -> None:
@@ -208,8 +219,9 @@ def test_report_covers_every_linear_and_fallback_to_dense() -> None:
     assert unused.dense_us is None and "not reached" in unused.note
     head = next(d for d in sm.report if d.layer == "head")
     assert head.dense_us is not None and head.sparse_us is not None
-    assert set(head.candidate_us) == {"dense", "csr"}
-    assert not any(isinstance(m, SparseLinear) for m in sm.modules())
+    extra = {"native"} if native.available() else set()
+    assert set(head.candidate_us) == {"dense", "csr"} | extra
+    assert not any(isinstance(m, SPARSE) for m in sm.modules())
     with torch.no_grad():
         assert _max_err(sm(x), net(x)) <= ATOL
     assert "head" in sm.summary()

@@ -1,8 +1,10 @@
 """Sparse inference for pruned models on CPU.
 
-``SparseLinear`` stores a pruned weight as int32-indexed CSR and runs MKL's sparse GEMV/GEMM
-through torch; ``compile_sparse`` makes pruning permanent on a copy of a model and swaps in
-``SparseLinear`` only where it measures faster than dense on the example input.
+``PackedLinear`` / ``PackedConv2d`` run pruned layers on prunelab's C++ kernels (panelled CSR,
+16-bit indices, AVX2/AVX-512, :mod:`prunelab.runtime.native` builds them);
+``SparseLinear`` runs torch's MKL CSR with int32 indices; ``compile_sparse`` makes pruning
+permanent on a copy of a model and swaps in a sparse layer only where it measures faster
+than dense on the example input.
 
 Example:
     >>> import torch
@@ -30,10 +32,13 @@ from prunelab.runtime.kernels import (
     dense_weight_bytes,
     make_csr,
 )
+from prunelab.runtime.packed import PackedConv2d, PackedLinear
 
 __all__ = [
     "INDEX_DTYPES",
     "LayerDecision",
+    "PackedConv2d",
+    "PackedLinear",
     "SparseLinear",
     "SparseModel",
     "compile_sparse",

@@ -1,18 +1,20 @@
 """Measure-then-choose sparse inference runtime for pruned models.
 
 :func:`compile_sparse` deep-copies a model, makes ``torch.nn.utils.prune`` masks permanent
-(``weight = weight_orig * weight_mask``), and for every ``nn.Linear`` that the example input
-reaches times dense ``F.linear`` against the sparse kernels of :mod:`prunelab.runtime.kernels`
-*on that layer's real input*. A sparse kernel replaces the layer only if it is at least
-``min_speedup`` times faster. The whole model is then timed against the all-dense copy and, if
+(``weight = weight_orig * weight_mask``), and for every ``nn.Linear`` and ``nn.Conv2d`` that
+the example input reaches times the dense layer against the sparse kernels (prunelab's C++
+kernels of :mod:`prunelab.runtime.packed`, torch's CSR of :mod:`prunelab.runtime.kernels`)
+*on that layer's real input*. A sparse kernel replaces the layer only if its median speedup
+over interleaved repeats is at least ``min_speedup`` (1.10: a margin against noise).
+The whole model is then timed against the all-dense copy and, if
 the mixed model is not faster (or its output differs), the all-dense copy is returned instead,
 so the compiled model is never slower than dense *at the measured batch size* (the mixed
 model must win by ``min_model_speedup``, default ``min_speedup``, to be kept).
 
-Batch size matters: a batch-1 GEMV is bound by weight traffic (where CSR wins big), while a
-batch-64 GEMM is compute-bound with good weight reuse (where dense BLAS is hard to beat). The
-decision holds for the example input's batch size and thread count; compile once per serving
-batch size. Convolutions are kept dense (see :mod:`prunelab.runtime.kernels`).
+Batch size matters: a batch-1 GEMV is bound by weight traffic (where sparse wins big), while a
+batch-64 GEMM is compute-bound with good weight reuse (where dense BLAS is harder to beat).
+The decision holds for the example input's batch size and thread count; compile once per
+serving batch size, and keep :meth:`SparseModel.plan` to rebuild the same model later.
 
 Example:
     >>> import torch
@@ -44,7 +46,9 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import prune
 
+from prunelab.runtime import native
 from prunelab.runtime.kernels import SparseLinear
+from prunelab.runtime.packed import PackedConv2d, PackedLinear, conv_supported, default_panel
 
 __all__ = [
     "CANDIDATES",
@@ -57,13 +61,38 @@ __all__ = [
     "measure_us",
 ]
 
-CANDIDATES: dict[str, Callable[[nn.Linear], nn.Module] | None] = {
+def _csr(index_dtype: torch.dtype) -> Callable[[nn.Module, int], nn.Module]:
+    def build(m: nn.Module, batch: int) -> nn.Module:
+        if not isinstance(m, nn.Linear):
+            raise TypeError("torch CSR kernels cover nn.Linear only")
+        return SparseLinear.from_linear(m, index_dtype=index_dtype)
+
+    return build
+
+
+def _native(m: nn.Module, batch: int) -> nn.Module:
+    if not native.available():
+        raise TypeError("native kernels unavailable here")
+    if isinstance(m, nn.Linear):
+        return PackedLinear.from_linear(m, panel=default_panel(batch))
+    assert isinstance(m, nn.Conv2d)
+    why = conv_supported(m)
+    if why is not None:
+        raise TypeError(why)
+    return PackedConv2d.from_conv(m, panel=default_panel(2))
+
+
+CANDIDATES: dict[str, Callable[[nn.Module, int], nn.Module] | None] = {
     "dense": None,
-    "csr": lambda lin: SparseLinear.from_linear(lin, index_dtype=torch.int32),
-    "csr64": lambda lin: SparseLinear.from_linear(lin, index_dtype=torch.int64),
+    "native": _native,
+    "csr": _csr(torch.int32),
+    "csr64": _csr(torch.int64),
 }
-"""Kernel choices for a Linear: ``dense`` (``F.linear``, always the baseline), ``csr``
-(prunelab's int32-index CSR), ``csr64`` (same with torch's default int64 indices)."""
+"""Kernel choices: ``dense`` (the layer as it is, always the baseline), ``native``
+(prunelab's C++ kernels, :class:`~prunelab.runtime.packed.PackedLinear` /
+:class:`~prunelab.runtime.packed.PackedConv2d`, panel width by batch size), ``csr`` (torch's
+MKL CSR with int32 indices, Linear only), ``csr64`` (same with torch's default int64
+indices). A factory raising ``TypeError`` means "not applicable to this layer"."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +135,8 @@ class SparseModel(nn.Module):
     """A compiled model plus the measurements behind it; ``forward`` delegates to ``model``.
 
     Attributes:
-        model: the inference model (pruning permanent, chosen Linears are ``SparseLinear``).
-        report: one :class:`LayerDecision` per ``nn.Linear``, in module order.
+        model: the inference model (pruning permanent, chosen layers run sparse kernels).
+        report: one :class:`LayerDecision` per ``nn.Linear`` / ``nn.Conv2d``, in module order.
         batch_size: leading dim of the example input the decisions were measured on.
         dense_us / sparse_us: whole-model medians (all-dense copy vs mixed model; after a
             fall-back ``sparse_us`` is the rejected mixed model's time, ``None`` if unmeasured).
@@ -149,8 +178,18 @@ class SparseModel(nn.Module):
 
     @property
     def n_sparse(self) -> int:
-        """Number of Linear layers running a sparse kernel."""
+        """Number of layers running a sparse kernel."""
         return sum(d.chosen != "dense" for d in self.report)
+
+    def plan(self) -> dict[str, str]:
+        """``{layer: kernel}`` of the layers running a sparse kernel, for ``compile_sparse(plan=)``.
+
+        Example:
+            >>> sm = compile_sparse(nn.Linear(8, 2), torch.randn(1, 8), repeats=3)
+            >>> set(sm.plan().values()) <= set(CANDIDATES)
+            True
+        """
+        return {d.layer: d.chosen for d in self.report if d.chosen != "dense"}
 
     def summary(self) -> str:
         """Plain-text decision table.
@@ -358,16 +397,24 @@ def compile_sparse(
     model: nn.Module,
     example_input: torch.Tensor | tuple[Any, ...],
     *,
-    candidates: Sequence[str] = ("dense", "csr"),
+    candidates: Sequence[str] = ("dense", "native", "csr"),
     repeats: int = 15,
     warmup: int = 3,
-    min_speedup: float = 1.05,
+    min_speedup: float = 1.10,
     min_model_speedup: float | None = None,
     atol: float = 1e-5,
     rtol: float = 1e-4,
     whole_model_check: bool = True,
+    plan: Mapping[str, str] | None = None,
 ) -> SparseModel:
-    """Compile a (pruned) model for CPU inference, choosing dense or sparse per Linear by timing.
+    """Compile a (pruned) model for CPU inference, choosing dense or sparse per layer by timing.
+
+    Every ``nn.Linear`` and ``nn.Conv2d`` the example input reaches is timed on its real
+    input with each candidate kernel, interleaved; the speedup of a candidate is the median
+    of the per-repeat ratios ``dense / candidate``, and a sparse kernel replaces the layer
+    only when that median is at least ``min_speedup`` (a margin: layers within noise of dense
+    stay dense, so the choice does not flip between runs). Save :meth:`SparseModel.plan` and
+    pass it back as ``plan=`` to rebuild the same model without timing.
 
     Args:
         model: any module; left untouched (a deep copy is compiled, in ``eval()`` mode).
@@ -375,9 +422,10 @@ def compile_sparse(
             serve. Decisions are measured at that batch size and the current
             ``torch.get_num_threads()``.
         candidates: kernels to try, from :data:`CANDIDATES`; ``"dense"`` is always measured
-            as the baseline and fallback.
+            as the baseline and fallback. Candidates that do not apply to a layer (torch CSR
+            on a conv, grouped convs, no native kernels here) are skipped with a note.
         repeats / warmup: timed samples (median) and untimed warm-up calls per measurement.
-        min_speedup: a sparse kernel is chosen only if ``dense_us / sparse_us >= min_speedup``.
+        min_speedup: a sparse kernel is chosen only if its median speedup is at least this.
         min_model_speedup: the mixed model is kept only if the all-dense copy is at least this
             much slower as a whole (default: ``min_speedup``), so that gains within timing
             noise (e.g. one small sparse FC behind convs) do not risk a slower model.
@@ -385,13 +433,16 @@ def compile_sparse(
         whole_model_check: time the compiled model against the all-dense copy and fall back
             if it is not faster (default). ``False`` keeps the per-layer choices regardless
             (the output check still runs); useful for tests and ablations.
+        plan: ``{layer name: kernel}`` from an earlier :meth:`SparseModel.plan`: those layers
+            get that kernel without timing (outputs are still checked); layers it does not
+            name stay dense. With a plan the whole-model check is skipped.
 
     Returns:
-        A :class:`SparseModel` whose ``report`` lists every ``nn.Linear`` (``layer, density,
-        dense_us, sparse_us, chosen``). If the compiled model is not faster than the all-dense
-        copy as a whole, or its output differs, the all-dense copy is returned
-        (``fell_back=True``). Linears the example input never reaches (or whose ``forward`` is
-        bypassed, e.g. ``nn.MultiheadAttention.out_proj``) stay dense.
+        A :class:`SparseModel` whose ``report`` lists every Linear and Conv2d (``layer,
+        density, dense_us, sparse_us, chosen``). If the compiled model is not faster than the
+        all-dense copy as a whole, or its output differs, the all-dense copy is returned
+        (``fell_back=True``). Layers the example input never reaches (or whose ``forward``
+        is bypassed, e.g. ``nn.MultiheadAttention.out_proj``) stay dense.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10))
@@ -411,12 +462,22 @@ def compile_sparse(
         int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else None
     )
 
+    if plan is not None:
+        bad = {k: v for k, v in plan.items() if v not in CANDIDATES}
+        if bad:
+            raise ValueError(f"plan names unknown kernels {bad}; choose from {sorted(CANDIDATES)}")
     dense = make_pruning_permanent(deepcopy_pruned(model)).eval()
     linears = [
         (name, m)
         for name, m in dense.named_modules()
-        if isinstance(m, nn.Linear) and not isinstance(m.weight, UninitializedParameter)
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+        and not isinstance(m.weight, UninitializedParameter)
     ]
+    if plan is not None:
+        known = {name for name, _ in linears}
+        missing = sorted(set(plan) - known)
+        if missing:
+            raise ValueError(f"plan names layers the model does not have: {missing[:5]}")
     captured: dict[str, torch.Tensor] = {}
     handles = []
     for name, m in linears:
@@ -444,18 +505,24 @@ def compile_sparse(
                 LayerDecision(name, density, None, None, "dense", note="not reached by input")
             )
             continue
+        layer_batch = int(x.shape[0]) if x.dim() > 1 else 1
         with torch.inference_mode():
             y_dense = m(x)
         fns: dict[str, Callable[[], object]] = {"dense": lambda m=m, x=x: m(x)}
         built: dict[str, nn.Module] = {}
         notes = []
-        for cname in sparse_names:
+        names = sparse_names if plan is None else [k for k in [plan.get(name)] if k not in
+                                                   (None, "dense")]
+        for cname in names:
             factory = CANDIDATES[cname]
             assert factory is not None
             try:
-                mod = factory(m).eval()
+                mod = factory(m, layer_batch).eval()
                 with torch.inference_mode():
                     y = mod(x)
+            except TypeError as exc:  # not applicable to this layer
+                notes.append(f"{cname}: {exc}")
+                continue
             except (RuntimeError, ValueError) as exc:  # kernel unsupported here
                 notes.append(f"{cname}: {type(exc).__name__}: {exc}")
                 continue
@@ -464,12 +531,25 @@ def compile_sparse(
                 continue
             built[cname] = mod
             fns[cname] = lambda mod=mod, x=x: mod(x)
-        times = measure_us(fns, repeats=repeats, warmup=warmup)
+        if plan is not None:
+            chosen = next(iter(built), "dense")
+            if chosen != "dense":
+                replacements[name] = built[chosen]
+            decisions.append(LayerDecision(name, density, None, None, chosen, {},
+                                           "; ".join(["from plan", *notes])))
+            continue
+        samples = measure_samples_us(fns, repeats=repeats, warmup=warmup)
+        times = {k: statistics.median(v) for k, v in samples.items()}
+        ratios = {
+            k: statistics.median(d / c for d, c in zip(samples["dense"], v, strict=True))
+            for k, v in samples.items()
+            if k != "dense"
+        }
         dense_us = times["dense"]
-        best = min(built, key=lambda c: times[c]) if built else None
+        best = max(built, key=lambda c: ratios[c]) if built else None
         sparse_us = times[best] if best else None
         chosen = "dense"
-        if best is not None and sparse_us and dense_us / sparse_us >= min_speedup:
+        if best is not None and ratios[best] >= min_speedup:
             chosen = best
             replacements[name] = built[best]
         decisions.append(
@@ -517,7 +597,7 @@ def compile_sparse(
     if not _close(out, ref, atol, rtol):
         warnings.warn(f"compile_sparse: output mismatch {err:.2e}; using dense", stacklevel=2)
         return dense_result(f"output mismatch {err:.2e}", None, None)
-    if not whole_model_check:
+    if not whole_model_check or plan is not None:
         return SparseModel(
             sparse,
             decisions,

@@ -56,6 +56,7 @@ _HEADERS = ("spkern.h", "spkern_impl.h")
 _module: ModuleType | None = None
 _tried = False
 _reason = ""
+_isa_cache: dict[str, int] = {}  # PRUNELAB_SPARSE_ISA value -> code (the CPU does not change)
 
 
 class NativeUnavailableError(PrunelabError, RuntimeError):
@@ -170,11 +171,16 @@ def isa() -> int:
         >>> isa() in ISA_NAMES.values() if available() else True
         True
     """
+    env = os.environ.get("PRUNELAB_SPARSE_ISA", "")
+    cached = _isa_cache.get(env)
+    if cached is not None:
+        return cached
     mod = load(required=True)
     assert mod is not None
-    forced = os.environ.get("PRUNELAB_SPARSE_ISA", "").strip().lower()
+    forced = env.strip().lower()
     if not forced:
-        return int(mod.best_isa())
+        _isa_cache[env] = int(mod.best_isa())
+        return _isa_cache[env]
     if forced not in ISA_NAMES:
         raise ValueError(
             f"PRUNELAB_SPARSE_ISA={forced!r} is not one of {', '.join(ISA_NAMES)}"
@@ -182,6 +188,7 @@ def isa() -> int:
     code = ISA_NAMES[forced]
     if not mod.isa_supported(code):
         raise ValueError(f"PRUNELAB_SPARSE_ISA={forced!r}: this CPU does not support {forced}")
+    _isa_cache[env] = code
     return code
 
 

@@ -15,8 +15,10 @@ Products:
 * batch N: ``Y = W X + b`` with ``X = x.T`` (``K x N``), vectorised over the batch, 8
   vector accumulators per row tile; the result is returned as the transposed view, so a
   following packed Linear reads it without a copy;
-* conv: ``W @ im2col(x)`` per image (``F.unfold``), or ``W @ x.view(C, H*W)`` directly for
-  1x1 stride-1 convs; images and row chunks are spread over threads.
+* conv: ``W @ im2col(x)`` per image, the im2col gathered tile by tile inside the kernel
+  (never materialised: ``F.unfold`` alone costs more than the sparse product), or
+  ``W @ x.view(C, H*W)`` directly for 1x1 stride-1 convs; images and row chunks are spread
+  over threads.
 
 Without the compiled kernels (:mod:`prunelab.runtime.native`) the same layers run torch's
 CSR products (a notice says so once), with identical results up to float rounding.
@@ -141,6 +143,32 @@ class _Packed(nn.Module):
             "bias", None if bias is None else bias.detach().float().clone().contiguous()
         )
         self._csr: torch.Tensor | None = None
+        self._kernel: object | None = None  # native.Packed, False for the fallback, None: unset
+
+    def kernel(self) -> object | None:
+        """The C++ kernel object over these buffers (built on first use), ``None`` without.
+
+        The instruction set is fixed when it is built (``PRUNELAB_SPARSE_ISA`` or the best).
+        """
+        k = self._kernel
+        if k is None:
+            mod = native.load()
+            k = False if mod is None else mod.Packed(
+                self.rowptr, self.cols, self.vals, self.bias,
+                self.rows, self.cols_k, self.panel, native.isa(),
+            )
+            self._kernel = k
+        return k or None
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # .to(), .float()...
+        self._kernel = None  # buffers may be new tensors: rebind on next use
+        self._csr = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._kernel = None
+        self._csr = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     @property
     def nnz(self) -> int:
@@ -191,16 +219,14 @@ class _Packed(nn.Module):
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         state["_csr"] = None
+        state["_kernel"] = None  # a C++ object: rebuilt on first use after copy/pickle
         return state
 
     def _spmm(self, xs: torch.Tensor) -> torch.Tensor:
         """``W @ xs + b`` for ``xs`` of shape ``(B, K, N)``; returns ``(B, M, N)``."""
-        mod = native.load()
-        if mod is not None:
-            return mod.spmm(
-                xs, self.rowptr, self.cols, self.vals, self.bias,
-                self.rows, self.cols_k, self.panel, False, native.isa(),
-            )
+        kernel = self.kernel()
+        if kernel is not None:
+            return kernel.spmm(xs)  # type: ignore[attr-defined]
         b, k, n = xs.shape
         flat = xs.permute(1, 0, 2).reshape(k, b * n)
         csr = self._torch_csr()
@@ -255,28 +281,34 @@ class PackedLinear(_Packed):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute ``x @ W.T + b`` for float32 ``x`` of shape ``(..., in_features)``."""
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"expected last dim {self.in_features}, got input shape {tuple(x.shape)}"
-            )
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            raise ValueError(f"PackedLinear runs float32 on CPU, got {x.dtype} on {x.device}")
+        kernel = self._kernel if self._kernel is not None else self.kernel()
+        if kernel and x.dim() == 2 and x.shape[0] > 0:  # the hot path: one C++ call
+            try:
+                return kernel.linear(x)  # type: ignore[attr-defined]
+            except RuntimeError:
+                self._check_input(x)  # a clear ValueError for bad input
+                raise
+        self._check_input(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        mod = native.load()
-        if mod is not None and x2.shape[0] > 0:
-            y = mod.linear(
-                x2, self.rowptr, self.cols, self.vals, self.bias,
-                self.out_features, self.in_features, self.panel, False, native.isa(),
-            )
-        elif x2.shape[0] == 0:
+        if x2.shape[0] == 0:
             y = x2.new_empty((0, self.out_features))
+        elif kernel:
+            y = kernel.linear(x2)  # type: ignore[attr-defined]
         else:
             csr = self._torch_csr()
             xt = x2.t()
             y = (torch.mm(csr, xt) if self.bias is None
                  else torch.addmm(self.bias.unsqueeze(1), csr, xt)).t()
         return y if x.dim() == 2 else y.reshape(*lead, self.out_features)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dtype is not torch.float32 or x.device.type != "cpu":
+            raise ValueError(f"PackedLinear runs float32 on CPU, got {x.dtype} on {x.device}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"expected last dim {self.in_features}, got input shape {tuple(x.shape)}"
+            )
 
     def extra_repr(self) -> str:
         return (
@@ -330,6 +362,7 @@ class PackedConv2d(_Packed):
         self._pointwise = (
             self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
         )
+        self._geometry = [*self.kernel_size, *self.stride, *self.padding, *self.dilation]
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, *, panel: int = 512) -> PackedConv2d:
@@ -351,6 +384,10 @@ class PackedConv2d(_Packed):
             raise ValueError(
                 f"expected (B, {self.in_channels}, H, W), got input shape {tuple(x.shape)}"
             )
+        kernel = self._kernel if self._kernel is not None else self.kernel()
+        if kernel and not self._pointwise:  # implicit im2col inside the C++ kernel
+            y = kernel.conv2d(x, self._geometry)  # type: ignore[attr-defined]
+            return y[0] if squeeze else y
         b, _, h, w = x.shape
         kh, kw = self.kernel_size
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1

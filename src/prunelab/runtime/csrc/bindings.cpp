@@ -88,9 +88,42 @@ at::Tensor spmv(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor&
                   bias_ptr(bias, M), relu ? 1 : 0};
   at::Tensor y = at::empty({M}, x.options());
   a.y = y.data_ptr<float>();
-  at::parallel_for(0, M, grain_rows(M, vals.numel()),
-                   [&](int64_t r0, int64_t r1) { run_spmv(isa, a, r0, r1); });
+  const int64_t g = grain_rows(M, vals.numel());
+  if (g >= M || at::get_num_threads() == 1) {
+    run_spmv(isa, a, 0, M);
+  } else {
+    at::parallel_for(0, M, g, [&](int64_t r0, int64_t r1) { run_spmv(isa, a, r0, r1); });
+  }
   return y;
+}
+
+// The shared driver: Y[b] = W op(X[b]) + bias, tasks (image, row chunk) over the threads.
+// op is the identity (X[b] is K x N) or, with geometry, the implicit im2col of image X[b].
+void spmm_driver(const spk::SparseW& w, const float* X0, int64_t x_stride, int64_t B,
+                 int64_t N, float* Y0, const float* bp, bool relu, int64_t isa,
+                 const spk::ConvGeom* conv, const at::TensorOptions& opts) {
+  const int64_t M = w.M, K = w.K;
+  if (B <= 0 || M <= 0 || N <= 0) return;
+  // A task copies (or gathers) its dense panels once, so rows are split only as far as the
+  // threads need; small products run inline, one task per image.
+  const int64_t nnz = w.P > 0 ? w.rowptr[w.P * (M + 1) - 1] : 0;
+  const int64_t total_work = nnz * N * B;
+  const int64_t threads = total_work <= (1 << 16) ? 1 : at::get_num_threads();
+  const int64_t chunks = std::min<int64_t>(M, std::max<int64_t>(1, (threads + B - 1) / B));
+  const int64_t g = (M + chunks - 1) / chunks;
+  const int64_t per_thread = spk::kScratchFloatsPerPanelRow * std::max<int64_t>(1, std::min(K, w.KP));
+  at::Tensor scratch = at::empty({std::max<int64_t>(threads, at::get_num_threads()), per_thread}, opts);
+  float* S0 = scratch.data_ptr<float>();
+  auto body = [&](int64_t t0, int64_t t1) {
+    float* mine = S0 + at::get_thread_num() * per_thread;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / chunks, c = t % chunks;
+      spk::SpmmArgs a{w, X0 + b * x_stride, N, Y0 + b * M * N, N, N, bp, relu ? 1 : 0, mine, conv};
+      run_spmm(isa, a, c * g, std::min(M, (c + 1) * g));
+    }
+  };
+  if (threads == 1) body(0, B * chunks);
+  else at::parallel_for(0, B * chunks, 1, body);
 }
 
 // Y[b] = W X[b] + bias for X of shape (B, K, N) (or (K, N)); returns (B, M, N) (or (M, N)).
@@ -106,30 +139,33 @@ at::Tensor spmm(const at::Tensor& X, const at::Tensor& rowptr, const at::Tensor&
   const int64_t B = X3.size(0), N = X3.size(2);
   at::Tensor Y = at::empty({B, M, N}, X.options());
   spk::SparseW w = make_w(rowptr, cols, vals, M, K, KP);
-  const float* bp = bias_ptr(bias, M);
-  if (B > 0 && M > 0 && N > 0) {
-    // Tasks are (image, row chunk) pairs; a task copies its dense panels once, so rows are
-    // split only as far as the threads need (small products run inline, one task per image).
-    const int64_t work = vals.numel() * N * B;
-    const int64_t threads = work <= (1 << 16) ? 1 : at::get_num_threads();
-    const int64_t chunks = std::min<int64_t>(M, std::max<int64_t>(1, (threads + B - 1) / B));
-    const int64_t g = (M + chunks - 1) / chunks;
-    const float* X0 = X3.data_ptr<float>();
-    float* Y0 = Y.data_ptr<float>();
-    const int64_t total_grain = threads == 1 ? B * chunks : 1;
-    const int64_t per_thread = spk::kScratchFloatsPerPanelRow * std::min<int64_t>(K, KP);
-    at::Tensor scratch = at::empty({at::get_num_threads(), per_thread}, X.options());
-    float* S0 = scratch.data_ptr<float>();
-    at::parallel_for(0, B * chunks, total_grain, [&](int64_t t0, int64_t t1) {
-      float* mine = S0 + at::get_thread_num() * per_thread;
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / chunks, c = t % chunks;
-        spk::SpmmArgs a{w, X0 + b * K * N, N, Y0 + b * M * N, N, N, bp, relu ? 1 : 0, mine};
-        run_spmm(isa, a, c * g, std::min(M, (c + 1) * g));
-      }
-    });
-  }
+  spmm_driver(w, X3.data_ptr<float>(), K * N, B, N, Y.data_ptr<float>(), bias_ptr(bias, M),
+              relu, isa, nullptr, X.options());
   return batched ? Y : Y.squeeze(0);
+}
+
+// Sparse convolution, groups = 1, zero padding: x (B, C, H, W) -> (B, M, OH, OW).
+at::Tensor conv2d(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& cols,
+                  const at::Tensor& vals, const c10::optional<at::Tensor>& bias, int64_t M,
+                  int64_t K, int64_t KP, std::vector<int64_t> geom, bool relu, int64_t isa) {
+  check_isa(isa);
+  TORCH_CHECK(geom.size() == 8, "geometry: kh, kw, sh, sw, ph, pw, dh, dw");
+  TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 4, "x: float32 of shape (B, C, H, W)");
+  at::Tensor xc = x.contiguous();
+  spk::ConvGeom g{xc.size(1), xc.size(2), xc.size(3), geom[0], geom[1], geom[2], geom[3],
+                  geom[4], geom[5], geom[6], geom[7], 0, 0};
+  TORCH_CHECK(g.kh > 0 && g.kw > 0 && g.sh > 0 && g.sw > 0 && g.dh > 0 && g.dw > 0 &&
+              g.ph >= 0 && g.pw >= 0, "invalid convolution geometry");
+  TORCH_CHECK(g.C * g.kh * g.kw == K, "x has ", g.C, " channels, expected ", K / (g.kh * g.kw));
+  g.OH = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.OW = (g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.OH > 0 && g.OW > 0, "input of ", g.H, "x", g.W, " is smaller than the kernel");
+  const int64_t B = xc.size(0);
+  at::Tensor Y = at::empty({B, M, g.OH, g.OW}, x.options());
+  spk::SparseW w = make_w(rowptr, cols, vals, M, K, KP);
+  spmm_driver(w, xc.data_ptr<float>(), g.C * g.H * g.W, B, g.OH * g.OW, Y.data_ptr<float>(),
+              bias_ptr(bias, M), relu, isa, &g, x.options());
+  return Y;
 }
 
 // y = x W^T + b for x of shape (N, K); the result is (N, M), a transposed view of (M, N).
@@ -143,6 +179,27 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& rowptr, const at::Tenso
               relu, isa).t();
 }
 
+// A packed weight held on the C++ side, so that a call converts one tensor argument only.
+struct Packed {
+  at::Tensor rowptr, cols, vals;
+  c10::optional<at::Tensor> bias;
+  int64_t M, K, KP, isa;
+
+  at::Tensor check_x(const at::Tensor& x) const {
+    TORCH_CHECK(x.device().is_cpu() && x.dtype() == at::kFloat, "x: float32 on CPU");
+    return x;
+  }
+  at::Tensor linear(const at::Tensor& x, bool relu) const {
+    return ::linear(check_x(x), rowptr, cols, vals, bias, M, K, KP, relu, isa);
+  }
+  at::Tensor spmm(const at::Tensor& X, bool relu) const {
+    return ::spmm(check_x(X), rowptr, cols, vals, bias, M, K, KP, relu, isa);
+  }
+  at::Tensor conv2d(const at::Tensor& x, std::vector<int64_t> geom, bool relu) const {
+    return ::conv2d(check_x(x), rowptr, cols, vals, bias, M, K, KP, geom, relu, isa);
+  }
+};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -152,4 +209,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmv", &spmv, "y = W x + b");
   m.def("spmm", &spmm, "Y = W X + b, X (K, N) or (B, K, N)");
   m.def("linear", &linear, "y = x W^T + b for x (N, K)");
+  m.def("conv2d", &conv2d, "sparse conv2d (groups 1, zero padding)");
+  pybind11::class_<Packed>(m, "Packed")
+      .def(pybind11::init([](at::Tensor rowptr, at::Tensor cols, at::Tensor vals,
+                             c10::optional<at::Tensor> bias, int64_t M, int64_t K, int64_t KP,
+                             int64_t isa) {
+             check_isa(isa);
+             make_w(rowptr, cols, vals, M, K, KP);  // validates the layout once
+             bias_ptr(bias, M);
+             return Packed{rowptr, cols, vals, bias, M, K, KP, isa};
+           }))
+      .def("linear", &Packed::linear, "y = x W^T + b for x (N, K)",
+           pybind11::arg("x"), pybind11::arg("relu") = false)
+      .def("spmm", &Packed::spmm, "Y = W X + b for X (K, N) or (B, K, N)",
+           pybind11::arg("X"), pybind11::arg("relu") = false)
+      .def("conv2d", &Packed::conv2d, "sparse conv of x (B, C, H, W); geometry kh, kw, sh, sw, "
+           "ph, pw, dh, dw", pybind11::arg("x"), pybind11::arg("geometry"),
+           pybind11::arg("relu") = false)
+      .def_readonly("isa", &Packed::isa);
 }

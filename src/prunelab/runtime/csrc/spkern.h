@@ -29,6 +29,12 @@ struct SpmvArgs {
   int relu;
 };
 
+// Convolution geometry: X is then one image (C, H, W) and the dense operand is its implicit
+// im2col (K = C*kh*kw rows, N = OH*OW columns), gathered tile by tile, never materialised.
+struct ConvGeom {
+  int64_t C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW;
+};
+
 // Y[i, n] = bias[i] + sum_k W[i,k] X[k, n] for rows [r0, r1), all n < N.
 struct SpmmArgs {
   SparseW w;
@@ -40,6 +46,7 @@ struct SpmmArgs {
   const float* bias;
   int relu;
   float* scratch;  // kScratchFloatsPerPanelRow * KP floats for this thread, or null
+  const ConvGeom* conv;  // non-null: X is an image, the operand its im2col (needs scratch)
 };
 
 // Scratch floats per panel row that spmm_rows may use (the widest tile: 8 AVX-512 vectors).

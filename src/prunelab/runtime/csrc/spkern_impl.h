@@ -75,11 +75,53 @@ static inline void row_any(int32_t s, int32_t e, const uint16_t* cols, const flo
   if (done < nt) row_tail(s, e, cols, vals, Xp + done, ldx, y + done, nt - done);
 }
 
+// buf[r, j] = im2col(image)[k0 + r, n0 + j] for r < rows, j < nt (zero outside the image).
+// Walks output rows (runs of constant oh): stride-1 runs are a copy between zero edges.
+static void im2col_tile(const ConvGeom& g, const float* image, int64_t k0, int64_t rows,
+                        int64_t n0, int nt, float* buf) {
+  const int64_t taps = g.kh * g.kw;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t k = k0 + r;
+    const int64_t c = k / taps, ki = (k % taps) / g.kw, kj = k % g.kw;
+    const float* plane = image + c * g.H * g.W;
+    const int64_t off = kj * g.dw - g.pw;  // iw = ow * sw + off
+    float* out = buf + r * nt;
+    int64_t oh = n0 / g.OW, ow = n0 % g.OW;
+    int j = 0;
+    while (j < nt) {
+      const int run = (int)((nt - j) < (g.OW - ow) ? (nt - j) : (g.OW - ow));
+      const int64_t ih = oh * g.sh - g.ph + ki * g.dh;
+      float* o = out + j;
+      if (ih < 0 || ih >= g.H) {
+        for (int t = 0; t < run; ++t) o[t] = 0.0f;
+      } else if (g.sw == 1) {
+        const float* src = plane + ih * g.W + off + ow;  // o[t] = row[ow + t + off]
+        int lo = (int)(-(off + ow) > 0 ? -(off + ow) : 0);
+        int hi = (int)((g.W - off - ow) < run ? (g.W - off - ow) : run);
+        if (lo > run) lo = run;
+        if (hi < lo) hi = lo;
+        for (int t = 0; t < lo; ++t) o[t] = 0.0f;
+        for (int t = lo; t < hi; ++t) o[t] = src[t];
+        for (int t = hi; t < run; ++t) o[t] = 0.0f;
+      } else {
+        const float* row = plane + ih * g.W;
+        for (int t = 0; t < run; ++t) {
+          const int64_t iw = (ow + t) * g.sw + off;
+          o[t] = (iw >= 0 && iw < g.W) ? row[iw] : 0.0f;
+        }
+      }
+      j += run;
+      ow = 0;
+      ++oh;
+    }
+  }
+}
+
 void spmm_rows(const SpmmArgs& a, int64_t r0, int64_t r1) {
   const SparseW& w = a.w;
   // Strided tiles (N > kTile, or a caller's row stride) are first copied into a contiguous
   // panel buffer (KP x kTile floats), so a tile is dense in cache whatever the stride.
-  const bool copy = a.scratch && (a.N > kTile || a.ldx != a.N);
+  const bool copy = a.scratch && (a.conv || a.N > kTile || a.ldx != a.N);
   float* buf = a.scratch;
   for (int64_t n0 = 0; n0 < a.N; n0 += kTile) {
     const int nt = (int)((a.N - n0) < kTile ? (a.N - n0) : kTile);
@@ -90,10 +132,14 @@ void spmm_rows(const SpmmArgs& a, int64_t r0, int64_t r1) {
     }
     for (int64_t p = 0; p < w.P; ++p) {
       const int32_t* rp = w.rowptr + p * (w.M + 1);
-      const float* Xp = a.X + p * w.KP * a.ldx + n0;
+      const float* Xp = a.conv ? a.X : a.X + p * w.KP * a.ldx + n0;
       int64_t ld = a.ldx;
-      if (copy) {
-        const int64_t rows = (w.K - p * w.KP) < w.KP ? (w.K - p * w.KP) : w.KP;
+      const int64_t rows = (w.K - p * w.KP) < w.KP ? (w.K - p * w.KP) : w.KP;
+      if (a.conv) {
+        im2col_tile(*a.conv, a.X, p * w.KP, rows, n0, nt, buf);
+        Xp = buf;
+        ld = nt;
+      } else if (copy) {
         for (int64_t r = 0; r < rows; ++r)
           __builtin_memcpy(buf + r * nt, Xp + r * a.ldx, sizeof(float) * nt);
         Xp = buf;
