@@ -3,12 +3,14 @@
 Two parts, measured in one run, interleaved (each repeat times every variant once), medians:
 
 (a) single FC layers with the shapes and densities of the paper's big nets (AlexNet / VGG-16
-    fc6-fc8, random masks), batch 1 and 64: dense ``F.linear`` vs torch's own CSR
-    (``W.to_sparse_csr()``, int64 indices, ``torch.sparse.mm(csr, x.T)``) vs prunelab's
-    :class:`~prunelab.runtime.SparseLinear` (int32 CSR, ``addmv``/``addmm``); the weight bytes
-    each format streams per call (the memory-traffic bound of a batch-1 GEMV) and Deep
-    Compression's measured speedups. At batch 1 an ablation separates the index-width and the
-    mv-vs-mm effects and includes a pure-torch gather formulation.
+    fc6-fc8, random masks), batch 1, 8, 64 and 256: dense ``F.linear`` vs torch's own CSR
+    (``W.to_sparse_csr()``, int64 indices, ``torch.sparse.mm(csr, x.T)``) vs MKL CSR with
+    int32 indices (:class:`~prunelab.runtime.SparseLinear`) vs SciPy's CSR (if installed) vs
+    ONNX Runtime on the dense layer (if installed) vs **prunelab's C++ kernels**
+    (:class:`~prunelab.runtime.PackedLinear`); the weight bytes each format streams per call
+    (the memory-traffic bound of a batch-1 GEMV), the FLOP bound ``1 / density`` of batched
+    products, and Deep Compression's measured speedups. At batch 1 an ablation separates the
+    index-width and the mv-vs-mm effects and includes a pure-torch gather formulation.
 (b) whole models via :func:`bench_models`: dense (pruning made permanent) vs masked
     (``torch.nn.utils.prune`` hooks) vs :func:`~prunelab.runtime.compile_sparse`.
 
@@ -44,6 +46,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from prunelab.runtime import (
+    PackedLinear,
     SparseLinear,
     compile_sparse,
     csr_bytes,
@@ -51,8 +54,21 @@ from prunelab.runtime import (
     dense_weight_bytes,
     make_pruning_permanent,
     measure_samples_us,
+    native,
 )
+from prunelab.runtime.packed import default_panel, packed_bytes
 from prunelab.surgery import compact_model
+
+try:
+    import scipy.sparse as scipy_sparse
+except ImportError:  # optional column
+    scipy_sparse = None
+try:
+    import onnxruntime as ort
+
+    from prunelab.export import export_onnx
+except ImportError:  # optional column
+    ort = None
 
 # (name, in_features, out_features, density, Deep Compression batch-1 speedup)
 PAPER_LAYERS: list[tuple[str, int, int, float, float]] = [
@@ -85,6 +101,21 @@ def _to_csr(w: torch.Tensor) -> torch.Tensor:
         return w.to_sparse_csr()
 
 
+def _ort_session(model: nn.Module, example: torch.Tensor, threads: int) -> Any:
+    """An ONNX Runtime session for a dense module (its own threads = the torch threads)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_onnx(model, path, example)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def _layer_fns(
     w: torch.Tensor,
     b: torch.Tensor,
@@ -93,14 +124,28 @@ def _layer_fns(
     x: torch.Tensor,
     *,
     ablation: bool,
-) -> dict[str, Callable[[], torch.Tensor]]:
+) -> dict[str, Callable[[], Any]]:
     """The timed variants for one layer and input (ablation adds batch-1 alternatives)."""
-    fns: dict[str, Callable[[], torch.Tensor]] = {
+    packed = PackedLinear(w, b, panel=default_panel(x.shape[0]))
+    fns: dict[str, Callable[[], Any]] = {
         "dense": lambda: F.linear(x, w, b),
         # torch's own CSR as a user would write it: to_sparse_csr() (int64) + sparse.mm
         "torch_csr": lambda: torch.sparse.mm(csr64, x.t()).t() + b,
-        "prunelab": lambda: ours(x),
+        "mkl32": lambda: ours(x),
+        "prunelab": lambda: packed(x),
     }
+    if scipy_sparse is not None:
+        sp = scipy_sparse.csr_matrix(w.numpy())
+        xn, bn = x.numpy(), b.numpy()
+        fns["scipy"] = lambda: (sp @ xn.T).T + bn
+    if ort is not None:
+        lin = nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+        sess = _ort_session(lin, x[:1], torch.get_num_threads())
+        feed = {"input": x.numpy()}
+        fns["ort_dense"] = lambda: sess.run(None, feed)[0]
     if not ablation:
         return fns
     csr32 = ours.csr()
@@ -124,12 +169,12 @@ def _layer_fns(
 def bench_layers(
     layers: list[tuple[str, int, int, float, float]],
     *,
-    batches: tuple[int, ...] = (1, 64),
+    batches: tuple[int, ...] = (1, 8, 64, 256),
     repeats: int = 20,
     ablation: bool = True,
     seed: int = 0,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Time dense vs torch CSR vs prunelab on single layers; returns (rows, ablation rows)."""
+    """Time dense vs sparse variants on single layers; returns (rows, ablation rows)."""
     rows: list[dict[str, Any]] = []
     abl_rows: list[dict[str, Any]] = []
     for li, (name, in_f, out_f, density, dc) in enumerate(layers):
@@ -146,7 +191,9 @@ def bench_layers(
             fns = _layer_fns(w, b, csr64, ours, x, ablation=do_abl)
             with torch.inference_mode():
                 ref = F.linear(x, w, b)
-                errs = {k: float((f() - ref).abs().max()) for k, f in fns.items()}
+                errs = {
+                    k: float((torch.as_tensor(f()) - ref).abs().max()) for k, f in fns.items()
+                }
             samples = measure_samples_us(fns, repeats=repeats, warmup=2)
             t = {k: statistics.median(v) for k, v in samples.items()}
             tmin = {k: min(v) for k, v in samples.items()}
@@ -162,8 +209,18 @@ def bench_layers(
                     "dense_us": t["dense"],
                     "torch_csr_us": t["torch_csr"],
                     "prunelab_us": t["prunelab"],
+                    "mkl32_us": t["mkl32"],
+                    "scipy_us": t.get("scipy"),
+                    "ort_dense_us": t.get("ort_dense"),
                     "torch_csr_speedup": t["dense"] / t["torch_csr"],
                     "prunelab_speedup": t["dense"] / t["prunelab"],
+                    "mkl32_speedup": t["dense"] / t["mkl32"],
+                    "scipy_speedup": t["dense"] / t["scipy"] if "scipy" in t else None,
+                    "ort_dense_speedup": t["dense"] / t["ort_dense"] if "ort_dense" in t else None,
+                    "packed_bytes": packed_bytes(nnz, out_f, -(-in_f // default_panel(batch))),
+                    "traffic_bound_packed": dense_b
+                    / packed_bytes(nnz, out_f, -(-in_f // default_panel(batch))),
+                    "flop_bound": (in_f * out_f) / nnz if nnz else None,
                     "prunelab_vs_torch_csr": t["torch_csr"] / t["prunelab"],
                     # best-of-repeats: robust to preemption by other processes
                     "dense_min_us": tmin["dense"],
@@ -179,6 +236,7 @@ def bench_layers(
                     "traffic_bound_int32": dense_b / b32,
                     "max_abs_err_torch_csr": errs["torch_csr"],
                     "max_abs_err_prunelab": errs["prunelab"],
+                    "max_abs_err": errs,
                 }
             )
             if do_abl:
@@ -261,7 +319,7 @@ def bench_models(
     models: dict[str, nn.Module],
     inputs: Mapping[str, torch.Tensor],
     *,
-    batches: tuple[int, ...] = (1, 64),
+    batches: tuple[int, ...] = (1, 8, 64, 256),
     repeats: int = 20,
     compile_repeats: int = 15,
 ) -> list[dict[str, Any]]:
@@ -296,16 +354,17 @@ def bench_models(
                 err = float((sm(x) - ref).abs().max())
                 err_dense = float((dense(x) - ref).abs().max())
                 err_compact = float((compacted(x) - ref).abs().max())
-            samples = measure_samples_us(
-                {
-                    "dense": lambda x=x, m=dense: m(x),
-                    "masked": lambda x=x, m=masked: m(x),
-                    "compacted": lambda x=x, m=compacted: m(x),
-                    "sparse": lambda x=x, m=sm: m(x),
-                },
-                repeats=repeats,
-                warmup=3,
-            )
+            fns: dict[str, Callable[[], Any]] = {
+                "dense": lambda x=x, m=dense: m(x),
+                "masked": lambda x=x, m=masked: m(x),
+                "compacted": lambda x=x, m=compacted: m(x),
+                "sparse": lambda x=x, m=sm: m(x),
+            }
+            if ort is not None:
+                sess = _ort_session(dense, x[:1], torch.get_num_threads())
+                feed = {"input": x.numpy()}
+                fns["ort_dense"] = lambda s=sess, f=feed: s.run(None, f)[0]
+            samples = measure_samples_us(fns, repeats=repeats, warmup=3)
             t = {k: statistics.median(v) for k, v in samples.items()}
             tmin = {k: min(v) for k, v in samples.items()}
             rows.append(
@@ -320,6 +379,8 @@ def bench_models(
                     "compacted_units_removed": surgery.units_removed,
                     "max_abs_err_compacted_vs_masked": err_compact,
                     "speedup_vs_dense": t["dense"] / t["sparse"],
+                    "ort_dense_us": t.get("ort_dense"),
+                    "ort_dense_speedup": t["dense"] / t["ort_dense"] if "ort_dense" in t else None,
                     "speedup_vs_masked": t["masked"] / t["sparse"],
                     "dense_min_us": tmin["dense"],
                     "masked_min_us": tmin["masked"],
@@ -352,9 +413,9 @@ def _targets(layer_rows: list[dict[str, Any]], model_rows: list[dict[str, Any]])
         s = vgg[0]["prunelab_speedup"]
         out.append(
             {
-                "target": "VGG-16 fc6 (4%), batch 1: prunelab >= 5x faster than dense",
+                "target": "VGG-16 fc6 (4%), batch 1: prunelab >= 10x faster than dense",
                 "value": f"{s:.2f}x (best-of-repeats {vgg[0]['prunelab_speedup_min']:.2f}x)",
-                "met": s >= 5.0,
+                "met": s >= 10.0,
             }
         )
     if layer_rows:
@@ -365,6 +426,18 @@ def _targets(layer_rows: list[dict[str, Any]], model_rows: list[dict[str, Any]])
                 "value": f"min {worst['prunelab_vs_torch_csr']:.2f}x "
                 f"({worst['layer']}, batch {worst['batch']})",
                 "met": worst["prunelab_vs_torch_csr"] >= 1.0,
+            }
+        )
+    rows_ds = [r for r in layer_rows + model_rows if r.get("prunelab_vs_deepsparse")]
+    if rows_ds:
+        worst = min(rows_ds, key=lambda r: r["prunelab_vs_deepsparse"])
+        out.append(
+            {
+                "target": "prunelab ahead of DeepSparse (every row with a DeepSparse time)",
+                "value": f"min {worst['prunelab_vs_deepsparse']:.2f}x "
+                f"({worst.get('layer') or worst.get('model')}, batch {worst['batch']}); "
+                f"{sum(r['prunelab_vs_deepsparse'] >= 1 for r in rows_ds)}/{len(rows_ds)} rows",
+                "met": worst["prunelab_vs_deepsparse"] >= 1.0,
             }
         )
     for r in model_rows:
@@ -380,6 +453,36 @@ def _targets(layer_rows: list[dict[str, Any]], model_rows: list[dict[str, Any]])
             }
         )
     return out
+
+
+def _stem(name: str) -> str:
+    """File stem of a layer/model in the DeepSparse JSON: 'VGG-16 fc6' -> 'vgg16_fc6'."""
+    base = name.split(" (")[0].lower().replace("-", "")
+    return base.replace(" ", "_")
+
+
+def merge_deepsparse(run: dict[str, Any], ds: Mapping[str, Any]) -> None:
+    """Add DeepSparse times (bench_deepsparse.py, its own venv and process) to a suite's rows.
+
+    ``deepsparse_speedup`` = this run's dense torch time / DeepSparse's time (same machine,
+    threads and batch, measured minutes apart in another process); ``prunelab_vs_deepsparse``
+    = DeepSparse time / prunelab time (> 1: prunelab faster).
+    """
+    times = {
+        (r["model"], int(r["threads"]), int(r["batch"])): r
+        for r in ds.get("runs", [])
+        if r.get("deepsparse_us")
+    }
+    for kind, ours in (("layers", "prunelab_us"), ("models", "sparse_us")):
+        for row in run[kind]:
+            key = (_stem(row.get("layer") or row["model"]), int(run["threads"]), row["batch"])
+            hit = times.get(key)
+            if hit is None:
+                continue
+            row["deepsparse_us"] = hit["deepsparse_us"]
+            row["deepsparse_min_us"] = hit.get("deepsparse_min_us")
+            row["deepsparse_speedup"] = row["dense_us"] / hit["deepsparse_us"]
+            row["prunelab_vs_deepsparse"] = hit["deepsparse_us"] / row[ours]
 
 
 def _fmt(v: Any, nd: int = 1) -> str:
@@ -398,19 +501,17 @@ def _layer_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
         "batch",
         "density",
         "dense us",
-        "torch CSR us",
         "prunelab us",
-        "torch CSR x",
         "prunelab x",
-        "prunelab/torch",
-        "torch CSR x (min)",
         "prunelab x (min)",
+        "torch CSR x",
+        "MKL CSR32 x",
+        "SciPy x",
+        "ORT dense x",
+        "DeepSparse x",
+        "prunelab / DeepSparse",
+        "bound x",
         "Deep Compr. x",
-        "dense MB",
-        "CSR64 MB",
-        "CSR32 MB",
-        "bound64 x",
-        "bound32 x",
         "max err",
     ]
     body = [
@@ -419,19 +520,19 @@ def _layer_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             str(r["batch"]),
             f"{100 * r['density']:.1f}%",
             _fmt(r["dense_us"], 0),
-            _fmt(r["torch_csr_us"], 0),
             _fmt(r["prunelab_us"], 0),
-            _fmt(r["torch_csr_speedup"], 2),
             _fmt(r["prunelab_speedup"], 2),
-            _fmt(r["prunelab_vs_torch_csr"], 2),
-            _fmt(r["torch_csr_speedup_min"], 2),
             _fmt(r["prunelab_speedup_min"], 2),
+            _fmt(r["torch_csr_speedup"], 2),
+            _fmt(r.get("mkl32_speedup"), 2),
+            _fmt(r.get("scipy_speedup"), 2),
+            _fmt(r.get("ort_dense_speedup"), 2),
+            _fmt(r.get("deepsparse_speedup"), 2),
+            _fmt(r.get("prunelab_vs_deepsparse"), 2),
+            # batch 1: weight bytes dense / packed (memory-bound GEMV); else FLOPs 1/density
+            (f"{r['traffic_bound_packed']:.1f} (mem)" if r["batch"] == 1
+             else f"{_fmt(r['flop_bound'], 1)} (flop)"),
             _fmt(r["paper_speedup"], 2) if r["batch"] == 1 else DC_BATCH64_NOTE,
-            _fmt(r["dense_bytes"] / 1e6, 1),
-            _fmt(r["csr_int64_bytes"] / 1e6, 1),
-            _fmt(r["csr_int32_bytes"] / 1e6, 1),
-            _fmt(r["traffic_bound_int64"], 2),
-            _fmt(r["traffic_bound_int32"], 2),
             f"{r['max_abs_err_prunelab']:.1e}",
         ]
         for r in rows
@@ -444,8 +545,9 @@ def _ablation_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[st
         ("torch_csr", "torch.sparse.mm int64"),
         ("int64_addmv", "addmv int64"),
         ("int32_mm", "mm int32"),
-        ("prunelab", "addmv int32 (prunelab)"),
+        ("mkl32", "addmv int32 (SparseLinear)"),
         ("gather_index_add", "gather+index_add"),
+        ("prunelab", "prunelab C++"),
     ]
     head = ["layer", "dense us"] + [f"{label} x" for _, label in variants]
     body = [
@@ -470,6 +572,9 @@ def _model_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
         "sparse layers",
         "fell back",
         "compile check x",
+        "ORT dense x",
+        "DeepSparse x",
+        "compiled / DeepSparse",
         "max err",
     ]
     body = [
@@ -487,6 +592,9 @@ def _model_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             f"{r['n_sparse']}/{r['n_linear']}",
             "yes" if r["fell_back"] else "no",
             _fmt(r["compile_check_speedup"], 2),
+            _fmt(r.get("ort_dense_speedup"), 2),
+            _fmt(r.get("deepsparse_speedup"), 2),
+            _fmt(r.get("prunelab_vs_deepsparse"), 2),
             f"{r['max_abs_err_vs_masked']:.1e}",
         ]
         for r in rows
@@ -580,7 +688,7 @@ def _run_suite(
     stat0, own0, t0 = _proc_stat(), time.process_time(), time.perf_counter()
     print("Single layers")
     layer_rows, abl_rows = bench_layers(
-        layers, repeats=repeats, ablation=not args.quick, seed=args.seed
+        layers, batches=args.batches, repeats=repeats, ablation=not args.quick, seed=args.seed
     )
     if args.model_file:
         print("Whole models (trained pruned models, MNIST test images)")
@@ -590,28 +698,33 @@ def _run_suite(
         models = {"LeNet-300-100": lenet_300_100(args.seed), "LeNet-5": lenet_5(args.seed)}
         pool = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
         pools = dict.fromkeys(models, pool)
-    model_rows = bench_models(models, pools, repeats=repeats, compile_repeats=max(5, repeats))
+    model_rows = bench_models(
+        models, pools, batches=args.batches, repeats=repeats, compile_repeats=max(5, repeats)
+    )
     elapsed = time.perf_counter() - t0
     stat1, own = _proc_stat(), time.process_time() - own0
     other = None
     if stat0 and stat1 and stat1[1] > stat0[1]:
         # share of the machine's CPU time used by *other* processes while we measured
         other = max(0.0, (stat1[0] - stat0[0] - own) / (stat1[1] - stat0[1]))
-    return {
+    run = {
         "threads": torch.get_num_threads(),
         "elapsed_s": elapsed,
         "other_cpu_load": other,
         "layers": layer_rows,
         "ablation_batch1": abl_rows,
         "models": model_rows,
-        "targets": _targets(layer_rows, model_rows),
     }
+    if args.deepsparse_json:
+        merge_deepsparse(run, json.loads(args.deepsparse_json.read_text()))
+    run["targets"] = _targets(layer_rows, model_rows)
+    return run
 
 
 def _suite_tables(run: dict[str, Any]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
     n = run["threads"]
     return [
-        (f"[{n} thr] FC layers: dense vs torch CSR vs prunelab", _layer_table(run["layers"])),
+        (f"[{n} thr] FC layers: speedup over dense F.linear", _layer_table(run["layers"])),
         (f"[{n} thr] Batch-1 ablation (speedup vs dense)", _ablation_table(run["ablation_batch1"])),
         (f"[{n} thr] Whole models", _model_table(run["models"])),
         (f"[{n} thr] compile_sparse decisions", _decision_table(run["models"])),
@@ -637,7 +750,15 @@ def main(argv: list[str] | None = None) -> int:
         help="a prunelab model file (repeatable); whole-model rows then use the trained pruned "
         "models on MNIST test images instead of random-mask stand-ins",
     )
+    ap.add_argument(
+        "--batches", default="1,8,64,256", help="comma list of batch sizes (default 1,8,64,256)"
+    )
+    ap.add_argument(
+        "--deepsparse-json", type=Path, default=None,
+        help="results of benchmarks/bench_deepsparse.py (run in its own venv) to add as a column",
+    )
     args = ap.parse_args(argv)
+    args.batches = tuple(int(b) for b in args.batches.split(","))
 
     default_threads = torch.get_num_threads()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [default_threads]
@@ -647,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine() | {"default_torch_threads": default_threads}
     command = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
     console.print(f"torch {machine['torch']}, {machine['cpu']}, {machine['cpu_count']} cores")
+    machine["sparse_kernels"] = native.status_line()
+    console.print(machine["sparse_kernels"])
 
     runs = [_run_suite(n, layers, repeats, args) for n in threads]
     torch.set_num_threads(default_threads)
@@ -680,12 +803,18 @@ def main(argv: list[str] | None = None) -> int:
             f"Machine: {machine['cpu']}, {machine['cpu_count']} CPU cores (shared), torch "
             f"{machine['torch']} (MKL {machine['mkl']}), default {default_threads} torch "
             f"threads, Python {machine['python']}. Load average at start "
-            f"{machine['loadavg_at_start']}. Repeats: {repeats} interleaved, medians.\n\n"
-            "Speedups are dense time / variant time in the same run. `bound` = dense weight "
-            "bytes / CSR bytes (values + col indices + row pointers): the speedup a purely "
-            "memory-bound batch-1 GEMV could reach. Speedups use medians; `(min)` columns use "
+            f"{machine['loadavg_at_start']}. Repeats: {repeats} interleaved, medians. "
+            f"{machine['sparse_kernels']}.\n\n"
+            "Speedups are dense torch time / variant time in the same run (interleaved). "
+            "`bound` at batch 1 = dense weight bytes / prunelab's packed bytes (values + 16-bit "
+            "indices + row pointers): what a purely memory-bound GEMV could reach; at larger "
+            "batches = 1 / density, the FLOP ratio. Speedups use medians; `(min)` columns use "
             "the best of the repeats of each variant (less sensitive to preemption by other "
-            "processes on a shared machine). Models are random-mask stand-ins.\n"
+            "processes on a shared machine). Layers have random masks; whole models are the "
+            "files given with --model-file (else random-mask stand-ins). DeepSparse columns "
+            "come from benchmarks/bench_deepsparse.py in its own virtualenv and process "
+            "(same machine, threads and batch, minutes apart): `prunelab / DeepSparse` = "
+            "DeepSparse time / prunelab time, > 1 means prunelab is faster.\n"
         ]
         for run in runs:
             load = run["other_cpu_load"]

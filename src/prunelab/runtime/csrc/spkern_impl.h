@@ -170,6 +170,9 @@ void spmv_rows(const SpmvArgs& a, int64_t r0, int64_t r1) {
       int32_t k = rp[i];
       const int32_t e = rp[i + 1];
       float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#if defined(SPK_GATHER)
+      if (e - k >= 16) s0 = SPK_GATHER(w.vals, w.cols, xp, k, e);  // advances k
+#endif
       for (; k + 4 <= e; k += 4) {
         s0 += w.vals[k] * xp[w.cols[k]];
         s1 += w.vals[k + 1] * xp[w.cols[k + 1]];
