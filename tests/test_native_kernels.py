@@ -330,3 +330,71 @@ def test_build_is_cached() -> None:
                          timeout=300, check=True)
     assert float(out.stdout.strip().splitlines()[-1]) < 10.0
     assert any(native.build_dir().glob("*.so"))
+
+
+# ---------------------------------------------------------------------------- fused models
+
+
+@pytest.mark.skipif(not HAVE_NATIVE, reason="no native kernels here")
+@pytest.mark.parametrize(
+    ("shape", "k", "s"), [((3, 4, 24, 24), 2, 2), ((1, 2, 9, 7), 2, 2), ((2, 3, 10, 11), 3, 2),
+                          ((1, 1, 5, 5), (2, 3), (1, 2))]
+)
+def test_max_pool_matches_torch(shape: tuple[int, ...], k, s) -> None:
+    x = torch.randn(*shape)
+    x[0, 0, 0, 0] = float("nan")
+    x[-1, -1, -1, -1] = float("inf")
+    kh, kw = (k, k) if isinstance(k, int) else k
+    sh, sw = (s, s) if isinstance(s, int) else s
+    got = native.load().max_pool2d(x, kh, kw, sh, sw)
+    want = F.max_pool2d(x, (kh, kw), (sh, sw))
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+
+
+@pytest.mark.skipif(not HAVE_NATIVE, reason="no native kernels here")
+@pytest.mark.parametrize("batch", [1, 64])
+def test_fused_lenets_match_and_fuse(batch: int) -> None:
+    from prunelab.runtime import compile_sparse
+    from prunelab.runtime.fuse import packed_call
+
+    for name in ("lenet300", "lenet5"):
+        path = RESULTS / f"han2015-{name}" / "model.safetensors"
+        if not path.exists():
+            pytest.skip(f"{path} not committed")
+        model = load_model_file(path)[0].eval()
+        x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        sm = compile_sparse(model, x, min_speedup=1e-9, whole_model_check=False, repeats=3)
+        code = sm.model.code  # a torch.fx GraphModule: the fused form
+        assert "packed_call" in code and "Dropout" not in code and "drop" not in code
+        assert "relu" not in code.replace("True", "")  # ReLUs fused into the kernels
+        if name == "lenet5":
+            assert "_max_pool" in code
+        with torch.no_grad():
+            _close(sm(x), model(x), 800)
+        assert callable(packed_call)
+
+
+@pytest.mark.skipif(not HAVE_NATIVE, reason="no native kernels here")
+def test_untraceable_model_runs_unfused() -> None:
+    from prunelab.runtime import compile_sparse
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent: torch.fx cannot trace this
+                return torch.relu(self.fc(x))
+            return self.fc(x)
+
+    net = Branchy().eval()
+    with torch.no_grad():
+        net.fc.weight.mul_(torch.rand(32, 64) < 0.1)
+    x = torch.rand(4, 64)
+    sm = compile_sparse(net, x, min_speedup=1e-9, whole_model_check=False, repeats=3)
+    assert isinstance(sm.model, Branchy) and isinstance(sm.model.fc, PackedLinear)
+    with torch.no_grad():
+        _close(sm(x), net(x), 64)
+        _close(sm(-x), net(-x), 64)

@@ -163,13 +163,13 @@ def test_compile_sparse_mlp_matches_masked(batch: int, whole_model_check: bool) 
     assert [d.layer for d in sm.report] == ["1", "3", "5"]
     if not whole_model_check:
         assert sm.n_sparse == 3
-        assert isinstance(sm.model[1], SPARSE)
+        assert isinstance(sm.model.get_submodule("1"), SPARSE)
         assert sm.plan() == {d.layer: d.chosen for d in sm.report}
     else:
         assert sm.dense_us is not None and sm.dense_us > 0
         if sm.fell_back:
             assert sm.n_sparse == 0
-            assert all(isinstance(m, nn.Linear) for m in (sm.model[1], sm.model[3]))
+            assert all(isinstance(sm.model.get_submodule(n), nn.Linear) for n in ("1", "3"))
         else:
             assert sm.sparse_us is not None and sm.sparse_us < sm.dense_us
 
@@ -190,10 +190,10 @@ def test_compile_sparse_convnet_matches_masked() -> None:
     assert "nn.Linear only" in dense.report[0].note
     assert not hasattr(dense.model[0], "weight_orig")  # pruning made permanent
     assert torch.equal(dense.model[0].weight, net[0].weight)
-    assert isinstance(sm.model[5], SPARSE)
+    assert isinstance(sm.model.get_submodule("5"), SPARSE)
     if native.available():
-        assert isinstance(sm.model[0], PackedConv2d)
-        assert torch.equal(sm.model[0].to_dense(), net[0].weight)
+        assert isinstance(sm.model.get_submodule("0"), PackedConv2d)
+        assert torch.equal(sm.model.get_submodule("0").to_dense(), net[0].weight)
     assert sm.report[2].density == pytest.approx(float((net[5].weight != 0).float().mean()))
 
 
@@ -271,3 +271,34 @@ def test_make_pruning_permanent_without_hooks() -> None:
 def test_compile_sparse_rejects_unknown_candidate() -> None:
     with pytest.raises(ValueError, match="unknown candidates"):
         compile_sparse(nn.Linear(3, 2), torch.randn(1, 3), candidates=("dense", "bogus"))
+
+
+def _committed(name: str) -> nn.Module:
+    from pathlib import Path
+
+    from prunelab.modelfile import load_model_file
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results" / name / "model.safetensors"
+    if not path.exists():
+        pytest.skip(f"{path} not committed")
+    return load_model_file(path)[0].eval()
+
+
+@pytest.mark.skipif(not native.available(), reason="no native kernels here")
+@pytest.mark.parametrize("name", ["han2015-lenet300", "han2015-lenet5"])
+def test_compile_decisions_are_stable_and_replayable(name: str) -> None:
+    """Batch 1 on the committed LeNets: the same plan on every compile, and plan= replays it."""
+    model = _committed(name)
+    x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    plans = [compile_sparse(model, x, whole_model_check=False).plan() for _ in range(3)]
+    assert plans[0] == plans[1] == plans[2]
+    assert set(plans[0].values()) == {"native"}  # every layer clearly faster sparse here
+    replay = compile_sparse(model, x, plan=plans[0])
+    assert replay.plan() == plans[0]
+    assert all(d.dense_us is None and "from plan" in d.note for d in replay.report)
+    with torch.no_grad():
+        assert _max_err(replay(x), model(x)) <= ATOL
+    with pytest.raises(ValueError, match="layers the model does not have"):
+        compile_sparse(model, x, plan={"nope": "native"})
+    with pytest.raises(ValueError, match="unknown kernels"):
+        compile_sparse(model, x, plan={"fc1": "fast"})

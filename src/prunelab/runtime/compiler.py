@@ -47,6 +47,7 @@ from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import prune
 
 from prunelab.runtime import native
+from prunelab.runtime.fuse import fuse_sparse
 from prunelab.runtime.kernels import SparseLinear
 from prunelab.runtime.packed import PackedConv2d, PackedLinear, conv_supported, default_panel
 
@@ -406,6 +407,7 @@ def compile_sparse(
     rtol: float = 1e-4,
     whole_model_check: bool = True,
     plan: Mapping[str, str] | None = None,
+    fuse: bool = True,
 ) -> SparseModel:
     """Compile a (pruned) model for CPU inference, choosing dense or sparse per layer by timing.
 
@@ -436,6 +438,10 @@ def compile_sparse(
         plan: ``{layer name: kernel}`` from an earlier :meth:`SparseModel.plan`: those layers
             get that kernel without timing (outputs are still checked); layers it does not
             name stay dense. With a plan the whole-model check is skipped.
+        fuse: run the compiled model as a ``torch.fx`` graph that calls the C++ kernels
+            directly, with ReLUs fused, Dropout removed and plain max pooling in C++
+            (:func:`~prunelab.runtime.fuse.fuse_sparse`); kept only if its output matches.
+            Untraceable models run unfused.
 
     Returns:
         A :class:`SparseModel` whose ``report`` lists every Linear and Conv2d (``layer,
@@ -597,6 +603,12 @@ def compile_sparse(
     if not _close(out, ref, atol, rtol):
         warnings.warn(f"compile_sparse: output mismatch {err:.2e}; using dense", stacklevel=2)
         return dense_result(f"output mismatch {err:.2e}", None, None)
+    if fuse:
+        fused = fuse_sparse(sparse, inputs, atol=atol, rtol=rtol)
+        if fused is not None:
+            sparse = fused
+            with torch.inference_mode():
+                err = _max_abs_diff(sparse(*inputs), ref)
     if not whole_model_check or plan is not None:
         return SparseModel(
             sparse,
