@@ -101,7 +101,7 @@ at::Tensor spmv(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor&
 // op is the identity (X[b] is K x N) or, with geometry, the implicit im2col of image X[b].
 void spmm_driver(const spk::SparseW& w, const float* X0, int64_t x_stride, int64_t B,
                  int64_t N, float* Y0, const float* bp, bool relu, int64_t isa,
-                 const spk::ConvGeom* conv, const at::TensorOptions& opts) {
+                 const spk::ConvGeom* conv) {
   const int64_t M = w.M, K = w.K;
   if (B <= 0 || M <= 0 || N <= 0) return;
   // A task copies (or gathers) its dense panels once, so rows are split only as far as the
@@ -111,11 +111,14 @@ void spmm_driver(const spk::SparseW& w, const float* X0, int64_t x_stride, int64
   const int64_t threads = total_work <= (1 << 16) ? 1 : at::get_num_threads();
   const int64_t chunks = std::min<int64_t>(M, std::max<int64_t>(1, (threads + B - 1) / B));
   const int64_t g = (M + chunks - 1) / chunks;
-  const int64_t per_thread = spk::kScratchFloatsPerPanelRow * std::max<int64_t>(1, std::min(K, w.KP));
-  at::Tensor scratch = at::empty({std::max<int64_t>(threads, at::get_num_threads()), per_thread}, opts);
-  float* S0 = scratch.data_ptr<float>();
+  const size_t per_thread =
+      (size_t)(spk::kScratchFloatsPerPanelRow * std::max<int64_t>(1, std::min(K, w.KP)));
   auto body = [&](int64_t t0, int64_t t1) {
-    float* mine = S0 + at::get_thread_num() * per_thread;
+    // Per-thread scratch kept across calls: a fresh 256 KB buffer per call costs page faults
+    // (tens of microseconds in a VM), as much as a small layer's whole product.
+    static thread_local std::vector<float> scratch;
+    if (scratch.size() < per_thread) scratch.resize(per_thread);
+    float* mine = scratch.data();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / chunks, c = t % chunks;
       spk::SpmmArgs a{w, X0 + b * x_stride, N, Y0 + b * M * N, N, N, bp, relu ? 1 : 0, mine, conv};
@@ -140,7 +143,7 @@ at::Tensor spmm(const at::Tensor& X, const at::Tensor& rowptr, const at::Tensor&
   at::Tensor Y = at::empty({B, M, N}, X.options());
   spk::SparseW w = make_w(rowptr, cols, vals, M, K, KP);
   spmm_driver(w, X3.data_ptr<float>(), K * N, B, N, Y.data_ptr<float>(), bias_ptr(bias, M),
-              relu, isa, nullptr, X.options());
+              relu, isa, nullptr);
   return batched ? Y : Y.squeeze(0);
 }
 
@@ -164,7 +167,7 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& rowptr, const at::Tenso
   at::Tensor Y = at::empty({B, M, g.OH, g.OW}, x.options());
   spk::SparseW w = make_w(rowptr, cols, vals, M, K, KP);
   spmm_driver(w, xc.data_ptr<float>(), g.C * g.H * g.W, B, g.OH * g.OW, Y.data_ptr<float>(),
-              bias_ptr(bias, M), relu, isa, &g, x.options());
+              bias_ptr(bias, M), relu, isa, &g);
   return Y;
 }
 
