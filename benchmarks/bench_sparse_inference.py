@@ -124,9 +124,11 @@ def _layer_fns(
     x: torch.Tensor,
     *,
     ablation: bool,
+    session: Any = None,
 ) -> dict[str, Callable[[], Any]]:
     """The timed variants for one layer and input (ablation adds batch-1 alternatives)."""
-    packed = PackedLinear(w, b, panel=default_panel(x.shape[0]))
+    density = float(torch.count_nonzero(w)) / w.numel()
+    packed = PackedLinear(w, b, panel=default_panel(x.shape[0], density))
     fns: dict[str, Callable[[], Any]] = {
         "dense": lambda: F.linear(x, w, b),
         # torch's own CSR as a user would write it: to_sparse_csr() (int64) + sparse.mm
@@ -138,14 +140,9 @@ def _layer_fns(
         sp = scipy_sparse.csr_matrix(w.numpy())
         xn, bn = x.numpy(), b.numpy()
         fns["scipy"] = lambda: (sp @ xn.T).T + bn
-    if ort is not None:
-        lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            lin.bias.copy_(b)
-        sess = _ort_session(lin, x[:1], torch.get_num_threads())
+    if session is not None:
         feed = {"input": x.numpy()}
-        fns["ort_dense"] = lambda: sess.run(None, feed)[0]
+        fns["ort_dense"] = lambda: session.run(None, feed)[0]
     if not ablation:
         return fns
     csr32 = ours.csr()
@@ -185,10 +182,17 @@ def bench_layers(
         dense_b = dense_weight_bytes(out_f, in_f)
         b64 = csr_bytes(nnz, out_f, index_bytes=8)
         b32 = csr_bytes(nnz, out_f, index_bytes=4)
+        session = None
+        if ort is not None:  # one session per layer: the batch dimension is dynamic
+            lin = nn.Linear(in_f, out_f)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+            session = _ort_session(lin, torch.zeros(1, in_f), torch.get_num_threads())
         for batch in batches:
             x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(seed + batch))
             do_abl = ablation and batch == 1
-            fns = _layer_fns(w, b, csr64, ours, x, ablation=do_abl)
+            fns = _layer_fns(w, b, csr64, ours, x, ablation=do_abl, session=session)
             with torch.inference_mode():
                 ref = F.linear(x, w, b)
                 errs = {
@@ -197,6 +201,8 @@ def bench_layers(
             samples = measure_samples_us(fns, repeats=repeats, warmup=2)
             t = {k: statistics.median(v) for k, v in samples.items()}
             tmin = {k: min(v) for k, v in samples.items()}
+            panels = -(-in_f // default_panel(batch, nnz / (in_f * out_f)))
+            pbytes = packed_bytes(nnz, out_f, panels)
             rows.append(
                 {
                     "layer": name,
@@ -217,9 +223,8 @@ def bench_layers(
                     "mkl32_speedup": t["dense"] / t["mkl32"],
                     "scipy_speedup": t["dense"] / t["scipy"] if "scipy" in t else None,
                     "ort_dense_speedup": t["dense"] / t["ort_dense"] if "ort_dense" in t else None,
-                    "packed_bytes": packed_bytes(nnz, out_f, -(-in_f // default_panel(batch))),
-                    "traffic_bound_packed": dense_b
-                    / packed_bytes(nnz, out_f, -(-in_f // default_panel(batch))),
+                    "packed_bytes": pbytes,
+                    "traffic_bound_packed": dense_b / pbytes,
                     "flop_bound": (in_f * out_f) / nnz if nnz else None,
                     "prunelab_vs_torch_csr": t["torch_csr"] / t["prunelab"],
                     # best-of-repeats: robust to preemption by other processes
@@ -252,7 +257,7 @@ def bench_layers(
                     }
                 )
             print(f"  {name} batch {batch}: " + ", ".join(f"{k} {v:.0f}us" for k, v in t.items()))
-        del w, csr64, ours
+        del w, csr64, ours, session
     return rows, abl_rows
 
 
@@ -343,6 +348,7 @@ def bench_models(
         # Physical surgery: dead neurons / empty channels removed, plain smaller dense layers.
         compacted, surgery = compact_model(deepcopy_pruned(masked), pool[:8], keep_masks=False)
         compacted = compacted.eval()
+        session = _ort_session(dense, pool[:1], torch.get_num_threads()) if ort else None
         for batch in batches:
             idx = torch.arange(batch) % pool.shape[0]
             x = pool[idx].contiguous()
@@ -360,10 +366,9 @@ def bench_models(
                 "compacted": lambda x=x, m=compacted: m(x),
                 "sparse": lambda x=x, m=sm: m(x),
             }
-            if ort is not None:
-                sess = _ort_session(dense, x[:1], torch.get_num_threads())
+            if session is not None:
                 feed = {"input": x.numpy()}
-                fns["ort_dense"] = lambda s=sess, f=feed: s.run(None, f)[0]
+                fns["ort_dense"] = lambda s=session, f=feed: s.run(None, f)[0]
             samples = measure_samples_us(fns, repeats=repeats, warmup=3)
             t = {k: statistics.median(v) for k, v in samples.items()}
             tmin = {k: min(v) for k, v in samples.items()}
@@ -481,6 +486,10 @@ def merge_deepsparse(run: dict[str, Any], ds: Mapping[str, Any]) -> None:
                 continue
             row["deepsparse_us"] = hit["deepsparse_us"]
             row["deepsparse_min_us"] = hit.get("deepsparse_min_us")
+            row["deepsparse_max_abs_err"] = hit.get("deepsparse_max_abs_err")
+            if hit.get("deepsparse_ok") is False:  # a wrong result: no speed to compare
+                row["deepsparse_wrong"] = True
+                continue
             row["deepsparse_speedup"] = row["dense_us"] / hit["deepsparse_us"]
             row["prunelab_vs_deepsparse"] = hit["deepsparse_us"] / row[ours]
 
@@ -527,7 +536,7 @@ def _layer_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             _fmt(r.get("mkl32_speedup"), 2),
             _fmt(r.get("scipy_speedup"), 2),
             _fmt(r.get("ort_dense_speedup"), 2),
-            _fmt(r.get("deepsparse_speedup"), 2),
+            "wrong output" if r.get("deepsparse_wrong") else _fmt(r.get("deepsparse_speedup"), 2),
             _fmt(r.get("prunelab_vs_deepsparse"), 2),
             # batch 1: weight bytes dense / packed (memory-bound GEMV); else FLOPs 1/density
             (f"{r['traffic_bound_packed']:.1f} (mem)" if r["batch"] == 1
@@ -593,7 +602,7 @@ def _model_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             "yes" if r["fell_back"] else "no",
             _fmt(r["compile_check_speedup"], 2),
             _fmt(r.get("ort_dense_speedup"), 2),
-            _fmt(r.get("deepsparse_speedup"), 2),
+            "wrong output" if r.get("deepsparse_wrong") else _fmt(r.get("deepsparse_speedup"), 2),
             _fmt(r.get("prunelab_vs_deepsparse"), 2),
             f"{r['max_abs_err_vs_masked']:.1e}",
         ]

@@ -103,6 +103,8 @@ def test_pack_rejects_bad_panels() -> None:
 def test_default_panel() -> None:
     assert default_panel(1) == 4096
     assert default_panel(2) == default_panel(256) == 512
+    assert default_panel(64, 0.25) == 128 and default_panel(64, 0.09) == 256
+    assert default_panel(64, 0.04) == default_panel(64, 0.001) == 512
 
 
 # ---------------------------------------------------------------------------- linear

@@ -74,13 +74,15 @@ def _csr(index_dtype: torch.dtype) -> Callable[[nn.Module, int], nn.Module]:
 def _native(m: nn.Module, batch: int) -> nn.Module:
     if not native.available():
         raise TypeError("native kernels unavailable here")
+    w = m.weight.detach()
+    density = float(torch.count_nonzero(w)) / max(1, w.numel())
     if isinstance(m, nn.Linear):
-        return PackedLinear.from_linear(m, panel=default_panel(batch))
+        return PackedLinear.from_linear(m, panel=default_panel(batch, density))
     assert isinstance(m, nn.Conv2d)
     why = conv_supported(m)
     if why is not None:
         raise TypeError(why)
-    return PackedConv2d.from_conv(m, panel=default_panel(2))
+    return PackedConv2d.from_conv(m, panel=default_panel(2, density))
 
 
 CANDIDATES: dict[str, Callable[[nn.Module, int], nn.Module] | None] = {

@@ -62,14 +62,26 @@ MAX_PANEL = 65536
 _INT32_MAX = 2**31 - 1
 
 
-def default_panel(batch: int) -> int:
-    """Panel width for a serving batch size: 4096 for batch 1 (GEMV), 512 otherwise.
+def default_panel(batch: int, density: float | None = None) -> int:
+    """Panel width for a serving batch size and weight density.
+
+    Batch 1 (GEMV): 4096. Larger batches: about 32 nonzeros per row and panel, a power of
+    two in [128, 512] (512 without a density): narrow panels keep the batch tile in L1 for
+    denser layers, wide ones keep row segments long for sparse ones (measured on AlexNet /
+    VGG-16 FC shapes at 4%, 9% and 25% density, batch 64).
 
     Example:
-        >>> default_panel(1), default_panel(64)
-        (4096, 512)
+        >>> default_panel(1), default_panel(64), default_panel(64, 0.25), default_panel(64, 0.04)
+        (4096, 512, 128, 512)
     """
-    return 4096 if batch <= 1 else 512
+    if batch <= 1:
+        return 4096
+    if density is None or density <= 0:
+        return 512
+    panel = 128
+    while panel < 512 and panel * 2 * density <= 32:
+        panel *= 2
+    return panel
 
 
 def pack_panels(
