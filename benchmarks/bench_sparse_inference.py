@@ -113,6 +113,9 @@ def _ort_session(model: nn.Module, example: torch.Tensor, threads: int) -> Any:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # ORT's pool spins after each run by default, stealing the cores from the variant
+        # timed next in the interleaved loop (seen: 2-thread medians of everything doubled)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
