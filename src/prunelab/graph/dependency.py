@@ -987,8 +987,8 @@ def trace_channels(
         >>> [(mem.tensor, mem.dim, int(p.shape[1])) for mem, p in zip(g.groups[0].members,
         ...                                                       g.groups[0].positions)]
         ... # doctest: +NORMALIZE_WHITESPACE
-        [('0.bias', 0, 1), ('0.weight', 0, 1), ('1.bias', 0, 1), ('1.running_mean', 0, 1),
-         ('1.running_var', 0, 1), ('1.weight', 0, 1), ('4.weight', 1, 16)]
+        [('0.weight', 0, 1), ('0.bias', 0, 1), ('1.weight', 0, 1), ('1.bias', 0, 1),
+         ('1.running_mean', 0, 1), ('1.running_var', 0, 1), ('4.weight', 1, 16)]
     """
     patterns = [ignore] if isinstance(ignore, str) else list(ignore)
     marked = []
