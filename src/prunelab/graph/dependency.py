@@ -405,7 +405,7 @@ class _Labeler(fx.Interpreter):
         if n.op == "call_module":
             mod = self._modules[str(n.target)]
             return self._module(str(n.target), mod, n, largs, real_args, value)
-        tags = _tags((largs, lkw))
+        tags = _tags((largs, lkw)) if _op_name(n) != "getitem" else []
         if tags and not isinstance(value, torch.Tensor):  # arithmetic on sizes read from channels
             return _SizeTag(torch.unique(torch.cat([t.labels for t in tags])))
         if tags and _op_name(n) not in ("view", "reshape", "expand"):
