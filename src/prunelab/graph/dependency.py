@@ -212,7 +212,9 @@ def _swin_attention_types() -> tuple[type[nn.Module], ...]:
 
 
 _SWIN_TYPES = _swin_attention_types()
-_LEAF_TYPES = (_BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention, *_SWIN_TYPES)
+# Subclasses too (timm's Linear, Conv2dSame, LayerNorm2d): their channels behave as the base's.
+_LEAF_TYPES = (_BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention, nn.Linear,
+               nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, *_SWIN_TYPES)
 
 
 class _Tracer(fx.Tracer):
@@ -405,12 +407,16 @@ class _Labeler(fx.Interpreter):
         if n.op == "call_module":
             mod = self._modules[str(n.target)]
             return self._module(str(n.target), mod, n, largs, real_args, value)
-        tags = _tags((largs, lkw)) if _op_name(n) != "getitem" else []
+        if _op_name(n) == "getitem" and isinstance(largs[0], tuple | list):
+            return self._getitem(largs[0], real_args, value)  # an output of a tuple / sizes
+        tags = _tags((largs, lkw))
         if tags and not isinstance(value, torch.Tensor):  # arithmetic on sizes read from channels
             return _SizeTag(torch.unique(torch.cat([t.labels for t in tags])))
-        if tags and _op_name(n) not in ("view", "reshape", "expand"):
-            self.pin_all([t.labels for t in tags], f"{_op_name(n)} with a size read from channels")
-        if not any(bool((t >= 0).any()) for t in _tensors((largs, lkw))):
+        flowing = any(bool((t >= 0).any()) for t in _tensors((largs, lkw)))
+        if tags and (not flowing or _op_name(n) not in ("view", "reshape")):
+            # e.g. an unlabeled tensor reshaped to a width read from prunable channels
+            self.pin_all([t.labels for t in tags], f"{_op_name(n)} to a size read from channels")
+        if not flowing:
             return _full(value)  # nothing labeled flows in: nothing to follow
         return self._function(_op_name(n), n, largs, lkw, real_args, real_kwargs, value)
 

@@ -50,6 +50,13 @@ SIZE_ATTRIBUTES: dict[str, list[tuple[str, str, int]]] = {
 }
 
 
+#: torchvision's Swin attention: whole heads are pruned, ``num_heads`` follows ``qkv``.
+_WINDOW_ATTENTION = {
+    "torchvision.models.swin_transformer.ShiftedWindowAttention",
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2",
+}
+
+
 def class_path(m: nn.Module) -> str:
     """``module.QualName`` of ``m``'s class."""
     return f"{type(m).__module__}.{type(m).__qualname__}"
@@ -90,7 +97,7 @@ def _snapshot(model: nn.Module) -> dict[str, dict[str, object]]:
             out[name] = {"per_group": m.num_channels // m.num_groups}
         elif isinstance(m, nn.MultiheadAttention):
             out[name] = {"head_dim": m.head_dim}
-        elif hasattr(m, "num_heads") and hasattr(m, "qkv") and isinstance(m.qkv, nn.Linear):
+        elif class_path(m) in _WINDOW_ATTENTION:
             out[name] = {"head_dim": m.qkv.in_features // m.num_heads}
     return out
 
