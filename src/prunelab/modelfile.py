@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_tensors, save_tensors
 from .errors import FileFormatError, UntrustedCodeError, one_line, short_repr
+from .graph.resize import set_shapes
 from .masks import load_pruned_state_dict
 from .models import available_models, build_model
 from .models.registry import MODELS, TORCHVISION_PREFIX, available_torchvision
@@ -54,7 +56,11 @@ def save_model_file(
     Args:
         path: destination ``.safetensors`` file.
         model: the model.
-        model_spec: ``{"name": registry name or import path, "kwargs": {...}}``.
+        model_spec: ``{"name": registry name or import path, "kwargs": {...}}``, plus
+            ``"shapes": {tensor: shape}`` for a structurally pruned model (the
+            ``shapes`` of :class:`~prunelab.channel_pruning.ChannelPruneResult`): loading
+            builds the registry model, gives those tensors their pruned shapes (and the
+            modules their widths), then loads the weights.
         dataset: ``{"name", "mean", "std"}`` of the inputs it expects.
         extra: more JSON metadata (e.g. a summary).
     """
@@ -62,7 +68,9 @@ def save_model_file(
     meta = {
         "kind": "model",
         "version": 1,
-        "model": {"name": model_spec["name"], "kwargs": dict(model_spec.get("kwargs", {}))},
+        "model": {"name": model_spec["name"], "kwargs": dict(model_spec.get("kwargs", {})),
+                  **({"shapes": {k: list(v) for k, v in model_spec["shapes"].items()}}
+                     if model_spec.get("shapes") else {})},
         "dataset": dict(dataset or {}),
         "dropout": dropout,
         **dict(extra or {}),
@@ -134,7 +142,20 @@ def check_model_spec(spec: object, source: str, *, allow_import: Trust = False) 
             f"{source}: model kwargs {refused} are not allowed in a file (its weights are in "
             "the file; nothing is downloaded)"
         )
-    return {"name": name, "kwargs": dict(kwargs)}
+    shapes = spec.get("shapes", {})
+    if not isinstance(shapes, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, list) and len(v) <= 8
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+        for k, v in shapes.items()
+    ):
+        raise FileFormatError(
+            f"{source}: model 'shapes' must map tensor names to lists of sizes (the widths of a "
+            f"structurally pruned model), got {short_repr(shapes)}"
+        )
+    out: dict[str, Any] = {"name": name, "kwargs": dict(kwargs)}
+    if shapes:
+        out["shapes"] = {k: list(v) for k, v in shapes.items()}
+    return out
 
 
 def _probe_size(spec: Mapping[str, Any], source: str) -> int:
@@ -145,7 +166,19 @@ def _probe_size(spec: Mapping[str, Any], source: str) -> int:
     except (ValueError, TypeError, RuntimeError) as exc:
         raise FileFormatError(f"{source}: its model description cannot be built: "
                               f"{one_line(str(exc), 200)}") from None
-    return sum(t.numel() for t in probe.state_dict().values())
+    sizes = {k: tuple(t.shape) for k, t in probe.state_dict().items()}
+    for name, shape in spec.get("shapes", {}).items():
+        full = sizes.get(name)
+        if full is None:
+            raise FileFormatError(f"{source}: its model 'shapes' name {short_repr(name)}, which "
+                                  f"is not a tensor of {spec['name']!r}")
+        if len(shape) != len(full) or any(a > b for a, b in zip(shape, full, strict=True)):
+            raise FileFormatError(
+                f"{source}: its model 'shapes' give {name!r} the shape {shape}; allowed: "
+                f"{len(full)} sizes, each at most the original {list(full)} (pruning only shrinks)"
+            )
+        sizes[name] = tuple(shape)
+    return sum(math.prod(s) for s in sizes.values())
 
 
 def build_from_file(
@@ -177,6 +210,8 @@ def build_from_file(
         if key.endswith("_mask") and not bool(((value == 0) | (value == 1)).all()):
             raise FileFormatError(f"{source}: mask {key!r} holds values other than 0 and 1")
     model = build_model(checked["name"], **checked["kwargs"])
+    if checked.get("shapes"):  # a structurally pruned model: rebuild its widths first
+        set_shapes(model, checked["shapes"])
     try:
         load_pruned_state_dict(model, tensors)
     except (RuntimeError, ValueError, KeyError) as exc:
