@@ -12,6 +12,7 @@ from prunelab.dead_neurons import find_dead_neurons, prune_dead_neurons
 from prunelab.graph import Link, trace_structure
 from prunelab.masks import get_mask, set_mask
 from prunelab.models import build_model
+from prunelab.surgery import SurgeryError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -283,3 +284,57 @@ def test_prune_dead_neurons_restores_training_mode(mlp, x8, training):
     mlp.train(training)
     prune_dead_neurons(mlp, trace_structure(mlp, x8), x8)
     assert mlp.training is training
+
+
+class _UntraceableSkip(nn.Module):
+    """A skip connection behind data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 6), nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        y = self.fc2(h)
+        if x.sum() > -1e9:  # data-dependent: fx fails, the hooks see a chain
+            y = y + h
+        return self.out(y)
+
+
+def test_prune_dead_neurons_refuses_what_it_cannot_verify(x8):
+    model = _UntraceableSkip().eval()
+    _mask_with(model.fc2, lambda m: m[:, 2].zero_())  # h unit 2 still reaches `out` via the add
+    with pytest.warns(UserWarning, match="cannot trace"):
+        s = trace_structure(model, x8)
+    assert not s.verified and ("fc1", "fc2") in [(lk.producer, lk.consumer) for lk in s.links]
+    before = model(x8)
+    with pytest.raises(SurgeryError, match="cannot verify the layer links"):
+        prune_dead_neurons(model, s, x8)
+    # told to trust the links, the output check still refuses and restores the model
+    with pytest.raises(SurgeryError, match="would change the output"):
+        prune_dead_neurons(model, s, x8, trust_links=True)
+    assert get_mask(model.fc1) is None and torch.equal(model(x8), before)
+
+
+def test_unused_residual_stream_channels_are_removed_from_every_producer():
+    class Stream(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            h = h + self.b(torch.relu(h))
+            return self.c(h)
+
+    torch.manual_seed(0)
+    model = Stream().eval()
+    _mask_with(model.b, lambda m: m[:, 4].zero_())
+    _mask_with(model.c, lambda m: m[:, 4].zero_())  # stream channel 4: nobody reads it
+    x = torch.randn(5, 8)
+    before = model(x)
+    report = prune_dead_neurons(model, trace_structure(model, x), x)
+    assert report.removed == {"a": [4], "b": [4]}
+    assert not get_mask(model.a)[4].any() and not get_mask(model.b)[4].any()
+    assert torch.allclose(model(x), before, atol=1e-6)

@@ -2,11 +2,16 @@
 
 Han et al. remove them too. A unit with no outputs is masked away; a unit with no
 inputs outputs a constant, which is folded into the consumer's bias first, so the
-network's function does not change.
+network's function does not change. Chain links come from :func:`trace_structure`; channels
+joined by residual adds or concatenations are found with the channel dependency graph
+(:func:`prunelab.graph.dependency.trace_channels`): a coupled channel that no consumer reads
+is removed from every layer producing it. The output is checked on the example batch: a
+change is refused (the model is restored and :class:`~prunelab.surgery.SurgeryError` raised).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -116,6 +121,9 @@ def prune_dead_neurons(
     example_input: torch.Tensor,
     *,
     max_rounds: int = 10,
+    trust_links: bool = False,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
 ) -> DeadNeuronReport:
     """Prune dead neurons completely, keeping the network's function unchanged.
 
@@ -132,9 +140,17 @@ def prune_dead_neurons(
         structure: from :func:`trace_structure`.
         example_input: a batch used to read the constant outputs of input-dead neurons.
         max_rounds: bound on the fixed-point iterations.
+        trust_links: accept a structure whose links ``torch.fx`` did not verify (links you
+            built yourself); by default such a structure is refused, since a link joined by
+            a skip connection would change the output.
+        atol, rtol: the output check's tolerance (``atol + rtol * max|output|``).
 
     Returns:
         The :class:`DeadNeuronReport` accumulated over all rounds.
+
+    Raises:
+        SurgeryError: the structure is not verified (and ``trust_links`` is false), or the
+            output changed on ``example_input`` (the model is restored first).
 
     Example:
         >>> import torch
@@ -146,6 +162,83 @@ def prune_dead_neurons(
         >>> prune_dead_neurons(m, s, torch.zeros(1, 2)).removed
         {'0': [1]}
     """
+    from .surgery import SurgeryError
+
+    if structure.links and not structure.verified and not trust_links:
+        raise SurgeryError(
+            f"cannot verify the layer links of {type(model).__name__} (torch.fx cannot trace "
+            "it), so removing dead neurons might change its output through a skip connection; "
+            "pass trust_links=True if the links are right"
+        )
+    snapshot = copy.deepcopy(model)
+    before_out = eval_forward(model, example_input)
+    try:
+        total = _prune_dead(model, structure, example_input, max_rounds)
+        _unused_coupled_channels(model, example_input, total)
+    except Exception:
+        _restore(model, snapshot)
+        raise
+    after = eval_forward(model, example_input)
+    diff = float((after.float() - before_out.float()).abs().max()) if after.numel() else 0.0
+    scale = float(before_out.float().abs().max()) if before_out.numel() else 0.0
+    if diff > atol + rtol * scale:
+        _restore(model, snapshot)
+        raise SurgeryError(
+            f"removing dead neurons would change the output of {type(model).__name__} by "
+            f"{diff:.3g}; the model is left unchanged"
+        )
+    return total
+
+
+def _restore(model: nn.Module, snapshot: nn.Module) -> None:
+    """Put ``model`` back to ``snapshot`` in place (masks installed since are undone)."""
+    model.__class__ = snapshot.__class__
+    model.__dict__ = snapshot.__dict__
+
+
+def _unused_coupled_channels(
+    model: nn.Module, example_input: torch.Tensor, total: DeadNeuronReport
+) -> None:
+    """Mask coupled channels (residual streams, concatenations) that no consumer reads."""
+    from .graph.dependency import GraphError, trace_channels
+
+    try:
+        graph = trace_channels(model, example_input)
+    except GraphError:
+        return
+    for g in graph.groups:
+        reads = [
+            (m, p) for m, p in zip(g.members, g.positions, strict=True) if m.role == "in"
+        ]
+        if not reads or len(g.modules("out")) < 2:
+            continue  # single-producer channels are the chain links' job
+        unused = torch.ones(g.units, dtype=torch.bool)
+        for m, p in reads:
+            path, _, attr = m.tensor.rpartition(".")
+            w = effective_tensor(model.get_submodule(path), attr).detach()
+            per = w.ne(0).movedim(m.dim, 0).reshape(w.shape[m.dim], -1).any(dim=1).cpu()
+            unused &= ~per[p].any(dim=1)
+        if not bool(unused.any()):
+            continue
+        gone = unused.nonzero().flatten()
+        for m, p in zip(g.members, g.positions, strict=True):
+            path, _, attr = m.tensor.rpartition(".")
+            mod = model.get_submodule(path)
+            if m.role == "buffer" or not isinstance(getattr(mod, attr, None), torch.Tensor):
+                continue
+            if attr not in mod._parameters and f"{attr}_orig" not in mod._parameters:
+                continue
+            old = get_mask(mod, attr)
+            mask = old.clone() if old is not None else torch.ones_like(effective_tensor(mod, attr))
+            mask.index_fill_(m.dim, p[gone].flatten().to(mask.device), 0.0)
+            set_mask(mod, attr, mask)
+        for name in g.modules("out"):
+            total.removed.setdefault(name, []).extend(gone.tolist())
+
+
+def _prune_dead(
+    model: nn.Module, structure: Structure, example_input: torch.Tensor, max_rounds: int
+) -> DeadNeuronReport:
     mods = dict(model.named_modules())
     total = DeadNeuronReport()
     for _ in range(max_rounds):
