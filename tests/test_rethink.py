@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from prunelab.data import TensorSplits
 from prunelab.experiments.rethink import protocol, sweep
 from prunelab.experiments.rethink.config import MethodConfig, RethinkConfig, parse_rethink_config
 from prunelab.experiments.rethink.protocol import (
+    LargeModel,
     baseline_epochs,
     baseline_model,
     cell_key,
@@ -435,3 +437,48 @@ def test_builtin_results_config_is_valid():
     kinds = {m.kind for m in cfg.methods}
     assert kinds == {"l1_filter", "slimming", "magnitude"} and len(cfg.seeds) == 3
     assert all("lottery" in cfg.baselines_of(m) for m in cfg.methods if m.kind == "magnitude")
+
+
+@pytest.mark.parametrize("kind", ["l1_filter", "slimming", "thinet"])
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_structured_pruning_of_a_residual_network_uses_the_channel_graph(kind, shortcut):
+    torch.manual_seed(0)
+    net = build_model("resnet20", num_classes=4, in_channels=1, shortcut=shortcut,
+                      width_mult=0.5).eval()
+    with torch.no_grad():  # trained-looking BN scales (at init they all tie at 1)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features) + 0.1)
+    x = torch.randn(8, 1, 16, 16)
+    extra = {"slimming_strength": 1e-4} if kind == "slimming" else {}
+    method = MethodConfig(kind=kind, ratios=(0.5,), thinet_samples=200, **extra)
+    pruned = prune(net, method, 0.5, x)
+    assert pruned.cuts is not None  # coupled residual channels, not only block-internal ones
+    with torch.no_grad():
+        assert torch.allclose(pruned.model(x), pruned.masked(x), atol=1e-4, rtol=1e-4)
+    assert pruned.params_total < 0.6 * sum(p.numel() for p in net.parameters())
+    stem = pruned.keep["conv1"]
+    assert 0 < int(stem.sum()) < stem.numel()  # the residual stream itself was pruned
+    init = copy.deepcopy(net.state_dict())
+    large = LargeModel(net, init, {}, "h", {"flops": 1.0})
+    for baseline in ("finetune", "scratch_e", "lottery"):
+        model = baseline_model(baseline, pruned, large, x, seed=0)
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        assert shapes == {k: v.shape for k, v in pruned.model.state_dict().items()}
+
+
+def test_cli_rethink_runs_on_a_residual_network(tmp_path):
+    from prunelab.cli import main
+
+    raw = _raw_config(
+        model={"name": "resnet20", "kwargs": {"in_channels": 1, "width_mult": 0.25,
+                                              "num_classes": 10}},
+        data={"name": "mnist", "val_size": 100, "subset": 200, "test_subset": 100},
+        methods=[{"kind": "l1_filter", "ratios": [0.5], "baselines": ["finetune", "scratch_b"]}],
+    )
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["rethink", str(path), "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert sorted(c["baseline"] for c in cells) == ["finetune", "scratch_b"]

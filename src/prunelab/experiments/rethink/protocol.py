@@ -53,6 +53,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ from ...criteria import get_criterion, layer_seed
 from ...criteria.channels import channel_keep
 from ...data import TensorBatches, TensorSplits, prepare_splits
 from ...graph import BATCHNORM_TYPES, Structure, following_batchnorms, trace_structure
+from ...graph.resize import slice_tensors
 from ...masks import get_mask, is_masked, raw_parameter, set_mask
 from ...metrics import count_parameters, model_stats
 from ...modelfile import load_model_file, save_model_file
@@ -73,7 +75,7 @@ from ...models import build_model
 from ...pruner import prune_model
 from ...schedules import lr_schedule
 from ...selection import CONV_TYPES, LINEAR_TYPES
-from ...surgery import SurgeryReport, compact_model
+from ...surgery import SurgeryError, SurgeryReport, compact_model
 from ...training import Callback, EpochStats, Trainer, epoch_seed, evaluate, make_optimizer
 from .config import MethodConfig, RethinkConfig
 
@@ -680,6 +682,7 @@ class PrunedModel:
     flops: float
     params_total: int
     params_nonzero: int
+    cuts: dict[tuple[str, int], torch.Tensor] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly description: kept channels per layer or weight density."""
@@ -733,14 +736,19 @@ def prune(
     layers = list(method.layers) if method.layers is not None else None
     structure = trace_structure(masked, example_input)
     keep = report = None
+    if method.structured and not _is_chain(masked, structure):
+        return _prune_coupled(model, method, ratio, example_input, structure, seed)
     if method.structured:
         options = {"samples": method.thinet_samples} if method.kind == "thinet" else {}
         keep = channel_keep(masked, get_criterion(method.kind, **options), ratio,
                             structure=structure, example_input=example_input, layers=layers,
                             min_fraction=method.min_fraction, seed=seed)
-        apply_channel_masks(masked, keep, structure, require_surgery=True)
-        pruned, report = compact_model(masked, example_input, structure=structure, keep=keep,
-                                       keep_masks=False)
+        try:
+            apply_channel_masks(masked, keep, structure, require_surgery=True)
+            pruned, report = compact_model(masked, example_input, structure=structure,
+                                           keep=keep, keep_masks=False)
+        except SurgeryError:  # residual / concatenating network: the channel graph
+            return _prune_coupled(model, method, ratio, example_input, structure, seed)
     else:
         prune_model(masked, "magnitude", ratio, layers=layers, scope=method.scope,
                     min_density=method.min_fraction)
@@ -748,6 +756,49 @@ def prune(
     total, nonzero = count_parameters(pruned)
     return PrunedModel(method, float(ratio), pruned, masked, structure, keep, report,
                        nonzero_flops(pruned, example_input), total, nonzero)
+
+
+def _is_chain(model: nn.Module, structure: Structure) -> bool:
+    """Every Linear/Conv layer but the output one feeds a verified single-path link."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, CONV_TYPES + LINEAR_TYPES)]
+    producers = {lk.producer for lk in structure.links}
+    return structure.verified and all(n in producers for n in structure.layers[:-1]) and len(
+        structure.layers) == len(layers)
+
+
+def _prune_coupled(
+    model: nn.Module, method: MethodConfig, ratio: float, example_input: torch.Tensor,
+    structure: Structure, seed: int,
+) -> PrunedModel:
+    """Structured pruning through the channel dependency graph (``prune_channels``): coupled
+    channels (residual streams, concatenations) are removed from every layer sharing them."""
+    from ...channel_pruning import prune_channels
+
+    ignore: list[str] = []
+    if method.layers is not None:
+        ignore = [
+            n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            and not any(fnmatchcase(n, p) for p in method.layers)
+        ]
+    res = prune_channels(
+        model, example_input, method="slimming" if method.kind == "slimming" else method.kind,
+        amount=ratio, ignore=ignore, min_fraction=method.min_fraction,
+        samples=method.thinet_samples, seed=seed,
+    )
+    keep: dict[str, torch.Tensor] = {}
+    mods = dict(model.named_modules())
+    for name, m in mods.items():
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            rows = res.keep.get((f"{name}.weight", 0))
+            k = torch.ones(m.weight.shape[0], dtype=torch.bool)
+            if rows is not None:
+                k[:] = False
+                k[rows] = True
+            keep[name] = k
+    total, nonzero = count_parameters(res.model)
+    return PrunedModel(method, float(ratio), res.model, res.masked, structure, keep, None,
+                       nonzero_flops(res.model, example_input), total, nonzero, res.keep)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -790,6 +841,11 @@ def baseline_model(
         return rewind_(copy.deepcopy(pruned.model), large.init_state)
     init = copy.deepcopy(large.model)
     init.load_state_dict(large.init_state)
+    if pruned.cuts is not None:  # pruned through the channel graph: cut the same slices
+        slice_tensors(init, pruned.cuts)
+        if not _same_architecture(init, pruned.model):
+            raise RuntimeError("the rewound initial model does not match the pruned architecture")
+        return init
     apply_channel_masks(init, pruned.keep, pruned.structure, require_surgery=True)
     small, _ = compact_model(init, example_input, structure=pruned.structure, keep=pruned.keep,
                              keep_masks=False)
