@@ -303,3 +303,31 @@ def test_compact_model_saves_and_loads_without_pickle(tmp_path) -> None:
         save_model_file(path, res.model, {**spec, "shapes": bad})
         with pytest.raises(FileFormatError, match="shapes"):
             load_model_file(path)
+
+
+def test_tied_embedding_groupnorm_and_prelu_stay_consistent() -> None:
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(11, 8)
+            self.conv = nn.Conv1d(8, 12, 3, padding=1)
+            self.gn = nn.GroupNorm(4, 12)
+            self.act = nn.PReLU(12)
+            self.proj = nn.Conv1d(12, 8, 1)
+            self.head = nn.Linear(8, 11, bias=False)
+            self.head.weight = self.emb.weight  # tied input and output embeddings
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            h = self.emb(tokens)  # [N, L, 8]
+            y = self.proj(self.act(self.gn(self.conv(h.transpose(1, 2)))))
+            return self.head(h + y.transpose(1, 2))
+
+    model = _randomize(LM())
+    tokens = torch.randint(0, 11, (2, 6))
+    res = prune_channels(model, tokens, amount=0.5)
+    m = res.model
+    assert m.head.weight is m.emb.weight and m.emb.embedding_dim == m.head.in_features == 4
+    assert m.gn.num_groups == 2 and m.gn.num_channels == 6 == m.act.num_parameters
+    assert m.head.out_features == 11
+    with torch.no_grad():
+        assert torch.allclose(m(tokens), res.masked(tokens), atol=1e-4, rtol=1e-4)

@@ -130,7 +130,7 @@ def slice_tensors(
                 new = nn.Parameter(new, requires_grad=old.requires_grad)
             _replace_everywhere(model, old, new)
         touched.add(name.rpartition(".")[0])
-    sync_attributes(model, touched, before)
+    sync_attributes(model, None, before)  # all: a shared tensor has several owners
     return touched
 
 
@@ -151,7 +151,7 @@ def set_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> set[str
                 new = nn.Parameter(new, requires_grad=old.requires_grad)
             _replace_everywhere(model, old, new)
         touched.add(name.rpartition(".")[0])
-    sync_attributes(model, touched, before)
+    sync_attributes(model, None, before)
     return touched
 
 
