@@ -331,3 +331,20 @@ def test_tied_embedding_groupnorm_and_prelu_stay_consistent() -> None:
     assert m.head.out_features == 11
     with torch.no_grad():
         assert torch.allclose(m(tokens), res.masked(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_already_pruned_unstructured_keeps_its_masks() -> None:
+    from prunelab.masks import set_mask
+
+    model = _randomize(Residual())
+    sparse = (torch.rand(model.b1.weight.shape) > 0.5).float()
+    set_mask(model.b1, "weight", sparse)
+    x = torch.randn(2, 3, 8, 8)
+    res = prune_channels(model, x, amount=0.25)
+    kept = res.keep[("b1.weight", 0)]
+    cols = res.keep[("b1.weight", 1)]
+    want = sparse[kept][:, cols]
+    assert torch.equal(get_mask(res.model.b1), want)  # the compact copy keeps the old mask
+    assert torch.count_nonzero(res.model.b1.weight[want == 0]) == 0
+    _same(res, x)
+    assert get_mask(model.b1) is not None and torch.equal(get_mask(model.b1), sparse)

@@ -27,6 +27,7 @@ from prunelab.experiments.rethink.protocol import (
     he_reinit_,
     key_hash,
     large_key,
+    load_rethink_data,
     prune,
     scratch_b_epochs,
 )
@@ -482,3 +483,18 @@ def test_cli_rethink_runs_on_a_residual_network(tmp_path):
     assert main(["rethink", str(path), "--out", str(out), "--quiet", "--threads", "1"]) == 0
     cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert sorted(c["baseline"] for c in cells) == ["finetune", "scratch_b"]
+
+
+def test_pad_makes_fashion_sized_images_cifar_sized_and_keeps_old_hashes():
+    cfg = _config(data={"name": "mnist", "val_size": 100, "subset": 50, "test_subset": 20,
+                        "pad": 2})
+    data = load_rethink_data(cfg)
+    assert data.x_train.shape[-2:] == (32, 32) and data.x_test.shape[-2:] == (32, 32)
+    assert data.x_val.shape[-2:] == (32, 32) and data.meta["pad"] == 2
+    assert torch.equal(data.x_train[:, :, :2], torch.zeros_like(data.x_train[:, :, :2]))
+    plain = _config(data={"name": "mnist", "val_size": 100, "subset": 50, "test_subset": 20})
+    zero = _config(data={"name": "mnist", "val_size": 100, "subset": 50, "test_subset": 20,
+                         "pad": 0})
+    m = plain.methods[0]
+    assert key_hash(large_key(plain, m, 0)) == key_hash(large_key(zero, m, 0))
+    assert key_hash(large_key(plain, m, 0)) != key_hash(large_key(cfg, m, 0))

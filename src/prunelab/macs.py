@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
 
     Args:
         model: the network (run in eval mode without gradients; its mode is restored).
-        example_input: a tensor, or a tuple of positional inputs.
+        example_input: a tensor, a tuple of positional inputs or a dict of keyword inputs.
     """
     total = [0]
     swin = _swin_types()
@@ -69,23 +70,24 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
     hooks = [(m, hook) for m in model.modules() if isinstance(m, kinds)]
     pres: list = []
     x = example_input
-    first = x[0] if isinstance(x, tuple) else x
+    first = x[0] if isinstance(x, tuple) else next(iter(x.values())) if isinstance(
+        x, Mapping) else x
     batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
-    if isinstance(x, tuple):
+    if isinstance(x, tuple | Mapping):
         _forward_tuple(model, x, hooks, pres)
     else:
         eval_forward(model, x, forward_hooks=hooks, pre_hooks=pres)
     return total[0] // max(batch, 1)
 
 
-def _forward_tuple(model: nn.Module, x: tuple, hooks: list, pres: list) -> None:
+def _forward_tuple(model: nn.Module, x: tuple | Mapping, hooks: list, pres: list) -> None:
     handles = [m.register_forward_hook(f) for m, f in hooks]
     handles += [m.register_forward_pre_hook(f) for m, f in pres]
     was = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(*x)
+            model(**x) if isinstance(x, Mapping) else model(*x)
     finally:
         model.train(was)
         for h in handles:

@@ -85,6 +85,9 @@ class RethinkDataConfig(_Strict):
     subset: int | None = Field(None, gt=0, description="training images kept (None: all)")
     test_subset: int | None = Field(None, gt=0, description="test images kept (None: all)")
     normalize: Literal["standard", "scale"] = "standard"
+    pad: int = Field(0, ge=0, le=16, description=(
+        "zero-pad every image by this many pixels on each side, after normalising (2 makes "
+        "28x28 Fashion-MNIST 32x32, the input size of the CIFAR networks)"))
 
 
 class TrainingConfig(_Strict):

@@ -47,6 +47,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -183,7 +184,9 @@ def key_hash(key: Mapping[str, Any]) -> str:
 
 def _data_key(cfg: RethinkConfig) -> dict[str, Any]:
     # Where the files live does not change a result (they are verified by checksum).
-    return cfg.data.model_dump(mode="json", exclude={"root"})
+    # ``pad: 0`` (the default) is left out so that older sweeps keep their cell hashes.
+    return cfg.data.model_dump(mode="json", exclude={"root"} | ({"pad"} if not cfg.data.pad
+                                                                 else set()))
 
 
 def _slimming_key(method: MethodConfig) -> dict[str, Any] | None:
@@ -278,9 +281,19 @@ def load_rethink_data(cfg: RethinkConfig) -> TensorSplits:
         prunelab.data.DatasetError: missing or corrupt files.
     """
     d = cfg.data
-    return prepare_splits(d.name, d.root, val_size=d.val_size, seed=d.split_seed,
-                          normalize=d.normalize, train_limit=d.subset,
-                          test_limit=d.test_subset, device=torch.device(cfg.device))
+    splits = prepare_splits(d.name, d.root, val_size=d.val_size, seed=d.split_seed,
+                            normalize=d.normalize, train_limit=d.subset,
+                            test_limit=d.test_subset, device=torch.device(cfg.device))
+    if not d.pad:
+        return splits
+
+    def pad(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else torch.nn.functional.pad(x, (d.pad,) * 4)
+
+    return dataclasses.replace(
+        splits, x_train=pad(splits.x_train), x_val=pad(splits.x_val),
+        x_test=pad(splits.x_test), meta={**splits.meta, "pad": d.pad},
+    )
 
 
 # ----------------------------------------------------------------------------- training
