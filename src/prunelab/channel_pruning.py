@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -129,6 +130,17 @@ class ChannelPruneResult:
             "units_removed": self.units_removed, "pinned_ops": self.pinned_ops,
             "groups": [g.to_dict() for g in self.groups],
         }
+
+    def table(self) -> str:
+        """One line per group: its producing layers, units kept of all, channels per unit."""
+        rows = [f"{'group':>5}  {'kept/units':>11}  {'ch/unit':>7}  producers"]
+        for g in self.groups:
+            prod = ", ".join(g.producers[:4]) + (f" +{len(g.producers) - 4}"
+                                                 if len(g.producers) > 4 else "")
+            note = f"  ({g.note})" if g.note else ""
+            rows.append(f"{g.index:>5}  {f'{g.kept}/{g.units}':>11}  {g.channels_per_unit:>7}  "
+                        f"{prod}{note}")
+        return "\n".join(rows)
 
     def summary(self) -> str:
         """One line: sizes before and after."""
@@ -484,6 +496,12 @@ def prune_channels(
     diff = None
     if check:
         diff, scale = _compare(compact, masked, example_input)
+        if scale == 0.0:
+            warnings.warn(
+                f"the example output of {type(model).__name__} is all zero (a zero-initialised "
+                "classifier?), so comparing the compact and masked models checks nothing",
+                stacklevel=2,
+            )
         if diff > atol + rtol * scale:
             raise SurgeryError(
                 f"the compact {type(model).__name__} differs from the masked one by {diff:.3g} "
