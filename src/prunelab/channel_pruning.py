@@ -42,6 +42,7 @@ from .criteria.channels import _contributions, thinet_select
 from .graph.dependency import ChannelGraph, ChannelGroup, GraphError, Member, trace_channels
 from .graph.resize import slice_tensors
 from .graph.trace import Link
+from .hooks import eval_forward
 from .macs import count_macs
 from .masks import effective_tensor, set_mask
 from .metrics import count_parameters
@@ -263,25 +264,8 @@ def _capture_inputs(model: nn.Module, mods: Sequence[nn.Module], data: Any) -> l
     def hook(mod: nn.Module, inp: tuple) -> None:
         box.setdefault(id(mod), inp[0].detach())
 
-    handles = [m.register_forward_pre_hook(hook) for m in mods]
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            _call(model, data)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+    eval_forward(model, data, pre_hooks=[(m, hook) for m in mods], unpack=True)
     return [box.get(id(m)) for m in mods]
-
-
-def _call(model: nn.Module, x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return model(**x)
-    if isinstance(x, tuple):
-        return model(*x)
-    return model(x)
 
 
 # ----------------------------------------------------------------------------- LayerNorm
@@ -560,13 +544,5 @@ def _masked_copy(
 
 
 def _compare(a: nn.Module, b: nn.Module, x: Any) -> tuple[float, float]:
-    wa, wb = a.training, b.training
-    try:
-        a.eval()
-        b.eval()
-        with torch.no_grad():
-            ya, yb = _call(a, x), _call(b, x)
-    finally:
-        a.train(wa)
-        b.train(wb)
+    ya, yb = eval_forward(a, x, unpack=True), eval_forward(b, x, unpack=True)
     return _max_abs_diff(ya, yb), _max_abs(yb)

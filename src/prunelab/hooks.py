@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -27,10 +27,12 @@ def eval_forward(
     *,
     forward_hooks: Iterable[tuple[nn.Module, Callable]] = (),
     pre_hooks: Iterable[tuple[nn.Module, Callable]] = (),
+    unpack: bool = False,
 ) -> torch.Tensor:
     """``model(x)`` in eval mode without autograd, with hooks installed only for this call.
 
-    The model's training mode is restored and every hook removed, even on error.
+    The model's training mode is restored and every hook removed, even on error. With
+    ``unpack``, a tuple ``x`` is passed as positional inputs and a dict as keyword inputs.
 
     Returns:
         The model's output.
@@ -41,6 +43,10 @@ def eval_forward(
     try:
         model.eval()
         with torch.no_grad():
+            if unpack and isinstance(x, tuple):
+                return model(*x)
+            if unpack and isinstance(x, Mapping):
+                return model(**x)
             return model(x)
     finally:
         model.train(was_training)

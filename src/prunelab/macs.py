@@ -68,27 +68,9 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
 
     kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, *swin)
     hooks = [(m, hook) for m in model.modules() if isinstance(m, kinds)]
-    pres: list = []
     x = example_input
     first = x[0] if isinstance(x, tuple) else next(iter(x.values())) if isinstance(
         x, Mapping) else x
     batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
-    if isinstance(x, tuple | Mapping):
-        _forward_tuple(model, x, hooks, pres)
-    else:
-        eval_forward(model, x, forward_hooks=hooks, pre_hooks=pres)
+    eval_forward(model, x, forward_hooks=hooks, unpack=True)
     return total[0] // max(batch, 1)
-
-
-def _forward_tuple(model: nn.Module, x: tuple | Mapping, hooks: list, pres: list) -> None:
-    handles = [m.register_forward_hook(f) for m, f in hooks]
-    handles += [m.register_forward_pre_hook(f) for m, f in pres]
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(**x) if isinstance(x, Mapping) else model(*x)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
