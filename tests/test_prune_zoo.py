@@ -78,17 +78,30 @@ def test_torchvision_model(name: str, kwargs: dict, side: int) -> None:
 
 
 TIMM = [
-    ("resnet18", 64),
-    ("mobilenetv3_small_100", 64),
-    ("efficientnet_b0", 64),
-    ("convnext_atto", 64),
-    pytest.param("vit_tiny_patch16_224", 224, marks=pytest.mark.slow),
+    ("resnet18", 64, {}),
+    ("mobilenetv3_small_100", 64, {}),
+    ("efficientnet_b0", 64, {}),
+    ("convnext_atto", 64, {}),
+    ("vit_tiny_patch16_224", 32, {"img_size": 32}),
 ]
 
 
-@pytest.mark.parametrize(("name", "side"), TIMM)
-def test_timm_model(name: str, side: int) -> None:
+@pytest.mark.parametrize(("name", "side", "kwargs"), TIMM)
+def test_timm_model(name: str, side: int, kwargs: dict) -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = _nonzero_init(timm.create_model(name, pretrained=False))
+    model = _nonzero_init(timm.create_model(name, pretrained=False, **kwargs))
     _check(model, torch.randn(1, 3, side, side))
+
+
+def test_timm_vit_loses_whole_heads() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _nonzero_init(timm.create_model("vit_small_patch16_224", pretrained=False,
+                                            img_size=32, depth=2))
+    res = prune_channels(model, torch.randn(2, 3, 32, 32), amount=0.5)
+    for block in res.model.blocks:
+        attn = block.attn
+        assert attn.num_heads == 3 and attn.attn_dim == 3 * attn.head_dim == 192
+        assert attn.qkv.out_features == 3 * 192 and attn.proj.in_features == 192
+    assert res.pinned_ops == {}

@@ -611,6 +611,8 @@ class _Labeler(fx.Interpreter):
         if op == "_patch_merging_pad" and isinstance(x, torch.Tensor):  # torchvision Swin
             vec = channel_vector(x, -1, self.u)
             return expand_channels(vec.repeat(4), out.shape, -1)
+        if op == "scaled_dot_product_attention" and len(largs) >= 3:
+            return self._sdpa(largs, kwargs, out)
         if op in ("getattr", "size") and isinstance(x, torch.Tensor):
             return self._size_tags(op, x, args, out)
         if op in _METADATA or not isinstance(out, torch.Tensor | tuple | list):
@@ -677,6 +679,22 @@ class _Labeler(fx.Interpreter):
             ea = aligned[i].expand(shape)
             result = torch.where((result < 0) & (ea >= 0), ea, result)
         return result
+
+    def _sdpa(self, largs: tuple, kwargs: dict, out: torch.Tensor) -> object:
+        """``softmax(q k^T / sqrt(d)) v`` over ``[..., heads, tokens, d]``: heads follow."""
+        q, k, v = largs[:3]
+        if not all(isinstance(t, torch.Tensor) and t.dim() >= 3 for t in (q, k, v)):
+            return self._fail("scaled_dot_product_attention", largs, out)
+        heads = [channel_vector(t, -3, self.u) for t in (q, k, v)]
+        self.u.unify(heads[0], heads[1])
+        self.u.unify(heads[0], heads[2])
+        cq, cv = self.canonical(q), self.canonical(v)
+        if kwargs.get("scale") is None and (varies_along(cq, -1) or varies_along(
+                self.canonical(k), -1)):
+            self.pin_all((q, k), "scaled_dot_product_attention (head size: its default scale)")
+        if varies_along(cq, -2) or varies_along(cv, -2):
+            return self._fail("scaled_dot_product_attention (token labels)", largs, out)
+        return cv.narrow(-2, 0, 1).expand(out.shape)
 
     def _per_channel(self, x: torch.Tensor, out: torch.Tensor, dim: int) -> object:
         if x.dim() < 2 or out.dim() != x.dim() or out.shape[dim] != x.shape[dim]:
@@ -999,7 +1017,7 @@ def trace_channels(
     patterns = [ignore] if isinstance(ignore, str) else list(ignore)
     marked = []
     for m in model.modules():
-        for attr, _, _ in SIZE_ATTRIBUTES.get(class_path(m), ()):
+        for attr, _ in SIZE_ATTRIBUTES.get(class_path(m), ()):
             marked.append((m, attr, getattr(m, attr)))
             setattr(m, attr, _SizeAttr(getattr(m, attr)))
     try:

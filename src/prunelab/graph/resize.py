@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,12 +40,22 @@ __all__ = [
 ]
 
 
-#: ``{class path: [(int attribute, tensor under the module, dim)]}``: int attributes that
-#: hold a prunable width; after pruning they are set from that tensor's size (and while
-#: tracing, a reshape to that size is not taken as a fixed size).
-SIZE_ATTRIBUTES: dict[str, list[tuple[str, str, int]]] = {
+def _width(module: nn.Module, tensor: str, dim: int) -> int:
+    path, _, name = tensor.rpartition(".")
+    t = _raw(module.get_submodule(path) if path else module, name)
+    return int(t.shape[dim]) if t is not None else 0
+
+
+#: ``{class path: [(int attribute, its new value from the resized module)]}``: int
+#: attributes that hold a prunable width, set in this order after pruning (and while
+#: tracing, a reshape to such a size is not taken as a fixed size).
+SIZE_ATTRIBUTES: dict[str, list[tuple[str, Callable[[nn.Module], int]]]] = {
     "torchvision.models.vision_transformer.VisionTransformer": [
-        ("hidden_dim", "conv_proj.weight", 0)
+        ("hidden_dim", lambda m: _width(m, "conv_proj.weight", 0)),
+    ],
+    "timm.layers.attention.Attention": [  # whole heads: head_dim stays
+        ("num_heads", lambda m: _width(m, "qkv.weight", 0) // (3 * m.head_dim)),
+        ("attn_dim", lambda m: m.num_heads * m.head_dim),
     ],
 }
 
@@ -179,11 +189,8 @@ def sync_attributes(
     """
     before = before or {}
     for m in model.modules():
-        for attr, tensor, dim in SIZE_ATTRIBUTES.get(class_path(m), ()):
-            path, _, tname = tensor.rpartition(".")
-            t = _raw(m.get_submodule(path) if path else m, tname)
-            if t is not None:
-                setattr(m, attr, int(t.shape[dim]))
+        for attr, value in SIZE_ATTRIBUTES.get(class_path(m), ()):
+            setattr(m, attr, value(m))
     for name, m in model.named_modules():
         if modules is not None and name not in modules and not any(
             x.startswith(name + ".") for x in modules if name
