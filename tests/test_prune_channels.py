@@ -265,6 +265,7 @@ def test_untraceable_model_fails_with_one_clear_line() -> None:
         ({"method": "thinet", "scope": "global"}, "allowed scope: 'local'"),
         ({"round_to": 0}, "round_to=0 is out of range"),
         ({"min_fraction": 2.0}, "min_fraction=2.0 is out of range"),
+        ({"ignore": "classifier"}, "ignore pattern 'classifier' matches no module of Residual"),
     ],
 )
 def test_bad_options_name_the_problem(kwargs: dict, message: str) -> None:
@@ -348,3 +349,12 @@ def test_a_model_already_pruned_unstructured_keeps_its_masks() -> None:
     assert torch.count_nonzero(res.model.b1.weight[want == 0]) == 0
     _same(res, x)
     assert get_mask(model.b1) is not None and torch.equal(get_mask(model.b1), sparse)
+
+
+def test_amount_zero_changes_nothing() -> None:
+    model = _randomize(Residual())
+    x = torch.randn(1, 3, 8, 8)
+    res = prune_channels(model, x, amount=0.0)
+    assert res.params_after == res.params_before and res.units_removed == 0
+    with torch.no_grad():
+        assert torch.equal(res.model(x), model(x))

@@ -31,6 +31,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import torch
@@ -398,7 +399,15 @@ def prune_channels(
         _check_int(round_to, "round_to", 1)
     _check_int(samples, "samples", 1)
 
-    graph = trace_channels(model, example_input, ignore=ignore, leaf_modules=leaf_modules)
+    patterns = [ignore] if isinstance(ignore, str) else list(ignore)
+    names = [n for n, _ in model.named_modules() if n]
+    for p in patterns:
+        if not any(fnmatchcase(n, p) for n in names):
+            raise ValueError(
+                f"ignore pattern {p!r} matches no module of {type(model).__name__}; "
+                f"module names look like {names[:4]}"
+            )
+    graph = trace_channels(model, example_input, ignore=patterns, leaf_modules=leaf_modules)
     if not graph.groups:
         ops = ", ".join(f"{k} (x{v})" for k, v in graph.pinned_ops.items()) or "none"
         raise GraphError(one_line_reason(type(model).__name__, ops))
