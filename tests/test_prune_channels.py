@@ -358,3 +358,25 @@ def test_amount_zero_changes_nothing() -> None:
     assert res.params_after == res.params_before and res.units_removed == 0
     with torch.no_grad():
         assert torch.equal(res.model(x), model(x))
+
+
+def test_a_compact_model_that_crashes_is_a_surgery_error(monkeypatch) -> None:
+    import prunelab.channel_pruning as cp
+    from prunelab.surgery import SurgeryError
+
+    real = cp.slice_tensors
+
+    def broken(model: nn.Module, keep: dict) -> set[str]:
+        out = real(model, keep)
+        model.b1.in_channels = 3  # as if a width had not been synced
+        model.b1.weight = nn.Parameter(torch.zeros(16, 3, 3, 3))
+        return out
+
+    monkeypatch.setattr(cp, "slice_tensors", broken)
+    with pytest.raises(SurgeryError, match="the compact Residual fails on the example input"):
+        prune_channels(_randomize(Residual()), torch.randn(1, 3, 8, 8), amount=0.5)
+
+
+def test_ignore_none_means_nothing_extra() -> None:
+    res = prune_channels(_randomize(Residual()), torch.randn(1, 3, 8, 8), ignore=None)
+    assert res.units_removed == 16

@@ -40,6 +40,7 @@ from torch import nn
 
 from .allocation import check_sparsity, global_keep, keep_top
 from .criteria.channels import _contributions, thinet_select
+from .errors import one_line
 from .graph.dependency import ChannelGraph, ChannelGroup, GraphError, Member, trace_channels
 from .graph.resize import slice_tensors
 from .graph.trace import Link
@@ -329,7 +330,7 @@ def prune_channels(
     method: str = "l1_filter",
     amount: float = 0.5,
     scope: Scope | None = None,
-    ignore: str | Sequence[str] = (),
+    ignore: str | Sequence[str] | None = None,
     min_channels: int = 1,
     min_fraction: float = 0.0,
     round_to: int | None = None,
@@ -399,7 +400,7 @@ def prune_channels(
         _check_int(round_to, "round_to", 1)
     _check_int(samples, "samples", 1)
 
-    patterns = [ignore] if isinstance(ignore, str) else list(ignore)
+    patterns = [] if ignore is None else [ignore] if isinstance(ignore, str) else list(ignore)
     names = [n for n, _ in model.named_modules() if n]
     for p in patterns:
         if not any(fnmatchcase(n, p) for n in names):
@@ -553,5 +554,12 @@ def _masked_copy(
 
 
 def _compare(a: nn.Module, b: nn.Module, x: Any) -> tuple[float, float]:
-    ya, yb = eval_forward(a, x, unpack=True), eval_forward(b, x, unpack=True)
+    yb = eval_forward(b, x, unpack=True)
+    try:
+        ya = eval_forward(a, x, unpack=True)
+    except Exception as err:  # the compact model does not even run: a tracer bug
+        raise SurgeryError(one_line(
+            f"the compact {type(a).__name__} fails on the example input "
+            f"({type(err).__name__}: {err}); this is a prunelab bug: please report the model"
+        )) from err
     return _max_abs_diff(ya, yb), _max_abs(yb)
