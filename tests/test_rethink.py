@@ -407,6 +407,20 @@ def test_bad_configs_give_clear_errors():
         parse_seeds("a")
 
 
+def _run_sweep(tmp_path: Path, raw: dict[str, Any]) -> tuple[Path, Path, list[dict]]:
+    """Write ``raw`` as a sweep file, run it by the CLI; the finished cells (finetune and
+    Scratch-B) are returned."""
+    from prunelab.cli import main
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["rethink", str(path), "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert sorted(c["baseline"] for c in cells) == ["finetune", "scratch_b"]
+    return path, out, cells
+
+
 def test_cli_runs_a_sweep_on_an_mnist_subset_and_reports(tmp_path, capsys):
     from prunelab.cli import main
 
@@ -417,12 +431,7 @@ def test_cli_runs_a_sweep_on_an_mnist_subset_and_reports(tmp_path, capsys):
         methods=[{"kind": "slimming", "ratios": [0.4], "slimming_strength": 1e-3,
                   "baselines": ["finetune", "scratch_b"]}],
     )
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "out"
-    assert main(["rethink", str(path), "--out", str(out), "--quiet", "--threads", "1"]) == 0
-    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
-    assert sorted(c["baseline"] for c in cells) == ["finetune", "scratch_b"]
+    path, out, cells = _run_sweep(tmp_path, raw)
     assert all(c["kind"] == "slimming" and c["threads"] == 1 for c in cells)
     assert main(["rethink", str(path), "--out", str(out), "--quiet"]) == 2  # needs --resume
     assert "--resume" in capsys.readouterr().err
@@ -469,20 +478,14 @@ def test_structured_pruning_of_a_residual_network_uses_the_channel_graph(kind, s
 
 
 def test_cli_rethink_runs_on_a_residual_network(tmp_path):
-    from prunelab.cli import main
-
     raw = _raw_config(
         model={"name": "resnet20", "kwargs": {"in_channels": 1, "width_mult": 0.25,
                                               "num_classes": 10}},
         data={"name": "mnist", "val_size": 100, "subset": 200, "test_subset": 100},
         methods=[{"kind": "l1_filter", "ratios": [0.5], "baselines": ["finetune", "scratch_b"]}],
     )
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "out"
-    assert main(["rethink", str(path), "--out", str(out), "--quiet", "--threads", "1"]) == 0
-    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
-    assert sorted(c["baseline"] for c in cells) == ["finetune", "scratch_b"]
+    _, _, cells = _run_sweep(tmp_path, raw)
+    assert all(c["kind"] == "l1_filter" for c in cells)
 
 
 def test_pad_makes_fashion_sized_images_cifar_sized_and_keeps_old_hashes():
