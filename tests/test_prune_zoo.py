@@ -64,6 +64,7 @@ def _check(model: nn.Module, x: torch.Tensor) -> None:
     assert float(y.abs().max()) > 0
     res = prune_channels(model, x, method="l1_filter", amount=0.3)
     assert res.max_abs_diff is not None  # checked inside, would have raised
+    assert res.pinned_ops == {}  # every operation of these models is understood
     assert res.params_after < 0.85 * res.params_before, res.summary()
     assert res.macs_after < 0.85 * res.macs_before, res.summary()
     with torch.no_grad():

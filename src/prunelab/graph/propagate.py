@@ -90,10 +90,19 @@ def _swin_attention_types() -> tuple[type[nn.Module], ...]:
     return (ShiftedWindowAttention, ShiftedWindowAttentionV2)
 
 
+def _maxvit_attention_types() -> tuple[type[nn.Module], ...]:
+    try:
+        from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+    except ImportError:  # pragma: no cover - torchvision without MaxViT
+        return ()
+    return (RelativePositionalMultiHeadAttention,)
+
+
 _SWIN_TYPES = _swin_attention_types()
+_MAXVIT_TYPES = _maxvit_attention_types()
 # Subclasses too (timm's Linear, Conv2dSame, LayerNorm2d): their channels behave as the base's.
 _LEAF_TYPES = (_BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention, nn.Linear,
-               nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, *_SWIN_TYPES)
+               nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, *_SWIN_TYPES, *_MAXVIT_TYPES)
 
 
 class Tracer(fx.Tracer):
@@ -335,6 +344,8 @@ class Labeler(fx.Interpreter):
             return expand_channels(v, out.shape, -1)
         if isinstance(mod, nn.MultiheadAttention):
             return self._mha(name, mod, n, largs, args, out)
+        if _MAXVIT_TYPES and isinstance(mod, _MAXVIT_TYPES):
+            return self._heads_block(name, mod, x, out, mod.to_qkv, mod.merge, mod.n_heads)
         if _SWIN_TYPES and isinstance(mod, _SWIN_TYPES):
             return self._swin(name, mod, x, out)
         if isinstance(mod, _ELEMENTWISE_MODULES) and isinstance(x, torch.Tensor):
@@ -457,31 +468,46 @@ class Labeler(fx.Interpreter):
         first = expand_channels(vec, out[0].shape, -1)
         return (first, _full(out[1]))
 
-    def _swin(self, name: str, mod: nn.Module, x: object, out: torch.Tensor) -> object:
+    def _heads_block(self, name: str, mod: nn.Module, x: object, out: torch.Tensor,
+                     qkv: nn.Linear, proj: nn.Linear, h: int) -> torch.Tensor | object:
+        """An attention block whose inner width is its input width (``[..., C]``, heads of
+        ``C / h``, q/k/v stacked in ``qkv``'s rows): whole heads go with the stream's channels,
+        and its relative-position table's columns with them."""
         if not isinstance(x, torch.Tensor):
             return _full(out)
-        c, h = mod.qkv.in_features, mod.num_heads
+        c = qkv.in_features
+        if qkv.out_features != 3 * c or proj.in_features != c or proj.out_features != c:
+            return self._fail(f"{type(mod).__name__} (widths)", x, out)
         vec = self._tie_heads(channel_vector(x, -1, self.u), h)
         self.heads[name] = c // h
         pos = torch.arange(c)
         rows, rlab = torch.cat([pos, pos + c, pos + 2 * c]), vec.repeat(3)
-        self.record(mod.qkv, "weight", 0, "out", rows, rlab)
-        self.record(mod.qkv, "weight", 1, "in", pos, vec)
-        self.record(mod.qkv, "bias", 0, "out", rows, rlab)
-        self.record(mod.proj, "weight", 0, "out", pos, vec)
-        self.record(mod.proj, "weight", 1, "in", pos, vec)
-        self.record(mod.proj, "bias", 0, "out", pos, vec)
-        head_of = pos // (c // h)
+        self.record(qkv, "weight", 0, "out", rows, rlab)
+        self.record(qkv, "weight", 1, "in", pos, vec)
+        self.record(qkv, "bias", 0, "out", rows, rlab)
+        self.record(proj, "weight", 0, "out", pos, vec)
+        self.record(proj, "weight", 1, "in", pos, vec)
+        self.record(proj, "bias", 0, "out", pos, vec)
         if hasattr(mod, "relative_position_bias_table"):
-            self.record(mod, "relative_position_bias_table", 1, "head", head_of, vec)
-        if getattr(mod, "logit_scale", None) is not None:
+            self.record(mod, "relative_position_bias_table", 1, "head", pos // (c // h), vec)
+        return expand_channels(vec, out.shape, -1)
+
+    def _swin(self, name: str, mod: nn.Module, x: object, out: torch.Tensor) -> object:
+        got = self._heads_block(name, mod, x, out, mod.qkv, mod.proj, mod.num_heads)
+        if not isinstance(x, torch.Tensor) or self.heads.get(name) is None:
+            return got
+        c, h = mod.qkv.in_features, mod.num_heads
+        pos = torch.arange(c)
+        vec = channel_vector(x, -1, self.u)
+        head_of = pos // (c // h)
+        if getattr(mod, "logit_scale", None) is not None:  # Swin v2
             self.record(mod, "logit_scale", 0, "head", head_of, vec)
         cpb = getattr(mod, "cpb_mlp", None)
         if cpb is not None:
             last = [m for m in cpb.modules() if isinstance(m, nn.Linear)][-1]
             self.record(last, "weight", 0, "head", head_of, vec)
             self.record(last, "bias", 0, "head", head_of, vec)
-        return expand_channels(vec, out.shape, -1)
+        return got
 
     # -- functions and methods
     def _function(self, op: str, n: fx.Node, largs: tuple, lkw: dict, args: tuple,
@@ -655,7 +681,12 @@ class Labeler(fx.Interpreter):
         if len(largs) == 1 and isinstance(largs[0], tuple | list):
             largs = tuple(largs[0])
         for d, tag in enumerate(largs):
-            if isinstance(tag, _SizeTag) and d < lab.dim() and not varies_along(lab, d):
+            if not isinstance(tag, _SizeTag) or d >= lab.dim():
+                continue
+            # the size follows channels: fine if this dim carries those very channels
+            along = torch.unique(self.canonical(lab.movedim(d, 0).reshape(lab.shape[d], -1)))
+            wanted = torch.unique(self.canonical(tag.labels))
+            if bool((along < 0).any()) or not bool(torch.isin(wanted, along).all()):
                 self.pin_all(tag.labels, f"{op} to a size read from channels")
         return lab
 

@@ -53,6 +53,9 @@ SIZE_ATTRIBUTES: dict[str, list[tuple[str, Callable[[nn.Module], int]]]] = {
     "torchvision.models.vision_transformer.VisionTransformer": [
         ("hidden_dim", lambda m: _width(m, "conv_proj.weight", 0)),
     ],
+    "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": [  # whole heads
+        ("n_heads", lambda m: _width(m, "to_qkv.weight", 1) // m.head_dim),
+    ],
     "timm.layers.attention.Attention": [  # whole heads: head_dim stays
         ("num_heads", lambda m: _width(m, "qkv.weight", 0) // (3 * m.head_dim)),
         ("attn_dim", lambda m: m.num_heads * m.head_dim),
