@@ -48,6 +48,7 @@ from .hooks import eval_forward
 from .macs import count_macs
 from .masks import effective_tensor, set_mask
 from .metrics import count_parameters
+from .outputs import max_abs, max_abs_diff
 from .surgery import SurgeryError
 
 __all__ = [
@@ -303,26 +304,6 @@ def keep_stats_layernorm(module: nn.Module, keep: torch.Tensor, dim: int) -> Non
 # ----------------------------------------------------------------------------- the call
 
 
-def _max_abs_diff(a: Any, b: Any) -> float:
-    if isinstance(a, torch.Tensor):
-        return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
-    if isinstance(a, tuple | list):
-        return max((_max_abs_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
-    if isinstance(a, Mapping):
-        return max((_max_abs_diff(a[k], b[k]) for k in a), default=0.0)
-    return 0.0
-
-
-def _max_abs(a: Any) -> float:
-    if isinstance(a, torch.Tensor):
-        return float(a.float().abs().max()) if a.numel() else 0.0
-    if isinstance(a, tuple | list):
-        return max((_max_abs(x) for x in a), default=0.0)
-    if isinstance(a, Mapping):
-        return max((_max_abs(x) for x in a.values()), default=0.0)
-    return 0.0
-
-
 def prune_channels(
     model: nn.Module,
     example_input: Any,
@@ -562,4 +543,4 @@ def _compare(a: nn.Module, b: nn.Module, x: Any) -> tuple[float, float]:
             f"the compact {type(a).__name__} fails on the example input "
             f"({type(err).__name__}: {err}); this is a prunelab bug: please report the model"
         )) from err
-    return _max_abs_diff(ya, yb), _max_abs(yb)
+    return max_abs_diff(ya, yb), max_abs(yb)

@@ -46,6 +46,7 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import prune
 
+from prunelab.outputs import close, max_abs_diff
 from prunelab.runtime import native
 from prunelab.runtime.fuse import fuse_sparse
 from prunelab.runtime.kernels import SparseLinear
@@ -355,37 +356,6 @@ def deepcopy_pruned(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _flatten(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _flatten(v)]
-    if isinstance(out, Sequence) and not isinstance(out, str):
-        return [t for v in out for t in _flatten(v)]
-    return []
-
-
-def _max_abs_diff(a: Any, b: Any) -> float:
-    ta, tb = _flatten(a), _flatten(b)
-    if len(ta) != len(tb):
-        return math.inf
-    err = 0.0
-    for x, y in zip(ta, tb, strict=True):
-        if x.shape != y.shape:
-            return math.inf
-        if x.numel():
-            err = max(err, float((x.float() - y.float()).abs().max()))
-    return err
-
-
-def _close(a: Any, b: Any, atol: float, rtol: float) -> bool:
-    ta, tb = _flatten(a), _flatten(b)
-    return len(ta) == len(tb) and all(
-        x.shape == y.shape and torch.allclose(x, y, atol=atol, rtol=rtol)
-        for x, y in zip(ta, tb, strict=True)
-    )
-
-
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Replace ``root.<name>`` by ``new``; returns the (possibly new) root."""
     if not name:
@@ -534,8 +504,8 @@ def compile_sparse(
             except (RuntimeError, ValueError) as exc:  # kernel unsupported here
                 notes.append(f"{cname}: {type(exc).__name__}: {exc}")
                 continue
-            if not _close(y, y_dense, atol, rtol):
-                notes.append(f"{cname}: output mismatch {_max_abs_diff(y, y_dense):.2e}")
+            if not close(y, y_dense, atol, rtol):
+                notes.append(f"{cname}: output mismatch {max_abs_diff(y, y_dense):.2e}")
                 continue
             built[cname] = mod
             fns[cname] = lambda mod=mod, x=x: mod(x)
@@ -601,8 +571,8 @@ def compile_sparse(
     except Exception as exc:  # e.g. a parent reads .weight of a replaced Linear directly
         warnings.warn(f"compile_sparse: sparse model failed ({exc!r}); using dense", stacklevel=2)
         return dense_result(f"sparse forward failed: {exc!r}", None, None)
-    err = _max_abs_diff(out, ref)
-    if not _close(out, ref, atol, rtol):
+    err = max_abs_diff(out, ref)
+    if not close(out, ref, atol, rtol):
         warnings.warn(f"compile_sparse: output mismatch {err:.2e}; using dense", stacklevel=2)
         return dense_result(f"output mismatch {err:.2e}", None, None)
     if fuse:
@@ -610,7 +580,7 @@ def compile_sparse(
         if fused is not None:
             sparse = fused
             with torch.inference_mode():
-                err = _max_abs_diff(sparse(*inputs), ref)
+                err = max_abs_diff(sparse(*inputs), ref)
     if not whole_model_check or plan is not None:
         return SparseModel(
             sparse,

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from prunelab.outputs import close
 from prunelab.runtime import native
 from prunelab.runtime.packed import PackedConv2d, PackedLinear
 
@@ -171,9 +172,8 @@ def fuse_sparse(
             want, got = model(*inputs), fused(*inputs)
     except Exception:
         return None
-    from prunelab.runtime.compiler import _close  # compiler imports this module
 
-    if not _close(want, got, atol, rtol):
+    if not close(want, got, atol, rtol):
         return None
     return fused
 
