@@ -345,7 +345,7 @@ class Labeler(fx.Interpreter):
         if isinstance(mod, nn.MultiheadAttention):
             return self._mha(name, mod, n, largs, args, out)
         if _MAXVIT_TYPES and isinstance(mod, _MAXVIT_TYPES):
-            return self._heads_block(name, mod, x, out, mod.to_qkv, mod.merge, mod.n_heads)
+            return self._heads_block(name, mod, x, out, mod.to_qkv, mod.merge, mod.n_heads)[0]
         if _SWIN_TYPES and isinstance(mod, _SWIN_TYPES):
             return self._swin(name, mod, x, out)
         if isinstance(mod, _ELEMENTWISE_MODULES) and isinstance(x, torch.Tensor):
@@ -457,49 +457,51 @@ class Labeler(fx.Interpreter):
             self.u.unify(vec, channel_vector(other, -1, self.u))
         vec = self._tie_heads(vec, h)
         self.heads[name] = e // h
-        pos = torch.arange(e)
-        rows, rlab = torch.cat([pos, pos + e, pos + 2 * e]), vec.repeat(3)
-        self.record(mod, "in_proj_weight", 0, "out", rows, rlab)
-        self.record(mod, "in_proj_weight", 1, "in", pos, vec)
-        self.record(mod, "in_proj_bias", 0, "out", rows, rlab)
-        self.record(mod.out_proj, "weight", 0, "out", pos, vec)
-        self.record(mod.out_proj, "weight", 1, "in", pos, vec)
-        self.record(mod.out_proj, "bias", 0, "out", pos, vec)
+        self._record_attention(mod, "in_proj_weight", "in_proj_bias", mod.out_proj, vec)
         first = expand_channels(vec, out[0].shape, -1)
         return (first, _full(out[1]))
 
-    def _heads_block(self, name: str, mod: nn.Module, x: object, out: torch.Tensor,
-                     qkv: nn.Linear, proj: nn.Linear, h: int) -> torch.Tensor | object:
-        """An attention block whose inner width is its input width (``[..., C]``, heads of
-        ``C / h``, q/k/v stacked in ``qkv``'s rows): whole heads go with the stream's channels,
-        and its relative-position table's columns with them."""
-        if not isinstance(x, torch.Tensor):
-            return _full(out)
-        c = qkv.in_features
-        if qkv.out_features != 3 * c or proj.in_features != c or proj.out_features != c:
-            return self._fail(f"{type(mod).__name__} (widths)", x, out)
-        vec = self._tie_heads(channel_vector(x, -1, self.u), h)
-        self.heads[name] = c // h
-        pos = torch.arange(c)
+    def _record_attention(self, qkv: nn.Module, weight: str, bias: str, proj: nn.Module,
+                          vec: torch.Tensor) -> None:
+        """Stream channel ``c`` is row ``c`` of q, k and v (stacked in ``qkv.<weight>``),
+        column ``c`` of the input projection and row and column ``c`` of ``proj``."""
+        pos = torch.arange(vec.numel())
+        c = vec.numel()
         rows, rlab = torch.cat([pos, pos + c, pos + 2 * c]), vec.repeat(3)
-        self.record(qkv, "weight", 0, "out", rows, rlab)
-        self.record(qkv, "weight", 1, "in", pos, vec)
-        self.record(qkv, "bias", 0, "out", rows, rlab)
+        self.record(qkv, weight, 0, "out", rows, rlab)
+        self.record(qkv, weight, 1, "in", pos, vec)
+        self.record(qkv, bias, 0, "out", rows, rlab)
         self.record(proj, "weight", 0, "out", pos, vec)
         self.record(proj, "weight", 1, "in", pos, vec)
         self.record(proj, "bias", 0, "out", pos, vec)
+
+    def _heads_block(self, name: str, mod: nn.Module, x: object, out: torch.Tensor,
+                     qkv: nn.Linear, proj: nn.Linear, h: int) -> tuple[object, torch.Tensor | None]:
+        """An attention block whose inner width is its input width (``[..., C]``, heads of
+        ``C / h``, q/k/v stacked in ``qkv``'s rows): whole heads go with the stream's channels,
+        and its relative-position table's columns with them.
+
+        Returns the output labels and the stream's channel vector (None when not followed).
+        """
+        if not isinstance(x, torch.Tensor):
+            return _full(out), None
+        c = qkv.in_features
+        if qkv.out_features != 3 * c or proj.in_features != c or proj.out_features != c:
+            return self._fail(f"{type(mod).__name__} (widths)", x, out), None
+        vec = self._tie_heads(channel_vector(x, -1, self.u), h)
+        self.heads[name] = c // h
+        self._record_attention(qkv, "weight", "bias", proj, vec)
         if hasattr(mod, "relative_position_bias_table"):
-            self.record(mod, "relative_position_bias_table", 1, "head", pos // (c // h), vec)
-        return expand_channels(vec, out.shape, -1)
+            head_of = torch.arange(c) // (c // h)
+            self.record(mod, "relative_position_bias_table", 1, "head", head_of, vec)
+        return expand_channels(vec, out.shape, -1), vec
 
     def _swin(self, name: str, mod: nn.Module, x: object, out: torch.Tensor) -> object:
-        got = self._heads_block(name, mod, x, out, mod.qkv, mod.proj, mod.num_heads)
-        if not isinstance(x, torch.Tensor) or self.heads.get(name) is None:
+        got, vec = self._heads_block(name, mod, x, out, mod.qkv, mod.proj, mod.num_heads)
+        if vec is None:
             return got
         c, h = mod.qkv.in_features, mod.num_heads
-        pos = torch.arange(c)
-        vec = channel_vector(x, -1, self.u)
-        head_of = pos // (c // h)
+        head_of = torch.arange(c) // (c // h)
         if getattr(mod, "logit_scale", None) is not None:  # Swin v2
             self.record(mod, "logit_scale", 0, "head", head_of, vec)
         cpb = getattr(mod, "cpb_mlp", None)
