@@ -42,7 +42,7 @@ from .allocation import check_sparsity, global_keep, keep_top
 from .criteria.channels import _contributions, thinet_select
 from .errors import one_line
 from .graph.dependency import ChannelGraph, ChannelGroup, GraphError, Member, trace_channels
-from .graph.resize import slice_tensors
+from .graph.resize import owner, slice_tensors
 from .graph.trace import Link
 from .hooks import eval_forward
 from .macs import count_macs
@@ -161,9 +161,7 @@ class ChannelPruneResult:
 
 
 def _tensor(model: nn.Module, name: str) -> torch.Tensor:
-    path, _, attr = name.rpartition(".")
-    module = model.get_submodule(path) if path else model
-    return effective_tensor(module, attr).detach()
+    return effective_tensor(*owner(model, name)).detach()
 
 
 def _slice_sums(t: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -523,8 +521,7 @@ def _masked_copy(
         drop[idx] = False
         m.index_fill_(dim, drop.nonzero().flatten(), 0.0)
     for name, m in masks.items():
-        path, _, attr = name.rpartition(".")
-        set_mask(masked.get_submodule(path) if path else masked, attr, m)
+        set_mask(*owner(masked, name), m)
     for ln, dim in graph.layernorms.items():
         w = f"{ln}.weight" if ln else "weight"
         if (w, 0) in kept:

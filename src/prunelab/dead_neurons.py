@@ -201,6 +201,7 @@ def _unused_coupled_channels(
 ) -> None:
     """Mask coupled channels (residual streams, concatenations) that no consumer reads."""
     from .graph.dependency import GraphError, trace_channels
+    from .graph.resize import owner
 
     try:
         graph = trace_channels(model, example_input)
@@ -214,16 +215,14 @@ def _unused_coupled_channels(
             continue  # single-producer channels are the chain links' job
         unused = torch.ones(g.units, dtype=torch.bool)
         for m, p in reads:
-            path, _, attr = m.tensor.rpartition(".")
-            w = effective_tensor(model.get_submodule(path), attr).detach()
+            w = effective_tensor(*owner(model, m.tensor)).detach()
             per = w.ne(0).movedim(m.dim, 0).reshape(w.shape[m.dim], -1).any(dim=1).cpu()
             unused &= ~per[p].any(dim=1)
         if not bool(unused.any()):
             continue
         gone = unused.nonzero().flatten()
         for m, p in zip(g.members, g.positions, strict=True):
-            path, _, attr = m.tensor.rpartition(".")
-            mod = model.get_submodule(path)
+            mod, attr = owner(model, m.tensor)
             if m.role == "buffer" or not isinstance(getattr(mod, attr, None), torch.Tensor):
                 continue
             if attr not in mod._parameters and f"{attr}_orig" not in mod._parameters:

@@ -33,6 +33,7 @@ from ..masks import is_masked
 __all__ = [
     "SIZE_ATTRIBUTES",
     "class_path",
+    "owner",
     "set_shapes",
     "slice_tensors",
     "sync_attributes",
@@ -40,9 +41,20 @@ __all__ = [
 ]
 
 
+def owner(model: nn.Module, tensor: str) -> tuple[nn.Module, str]:
+    """The module holding tensor ``tensor`` (a qualified name) and its attribute name.
+
+    Example:
+        >>> from torch import nn
+        >>> owner(nn.Sequential(nn.Linear(2, 2)), "0.weight")
+        (Linear(in_features=2, out_features=2, bias=True), 'weight')
+    """
+    path, _, attr = tensor.rpartition(".")
+    return model.get_submodule(path), attr
+
+
 def _width(module: nn.Module, tensor: str, dim: int) -> int:
-    path, _, name = tensor.rpartition(".")
-    t = _raw(module.get_submodule(path) if path else module, name)
+    t = _raw(*owner(module, tensor))
     return int(t.shape[dim]) if t is not None else 0
 
 
@@ -80,8 +92,7 @@ def tensor_slots(model: nn.Module, name: str) -> list[tuple[nn.Module, str, dict
 
     A masked parameter (``weight`` as ``weight_orig * weight_mask``) has two slots.
     """
-    path, _, attr = name.rpartition(".")
-    module = model.get_submodule(path) if path else model
+    module, attr = owner(model, name)
     if is_masked(module, attr):
         return [(module, f"{attr}_orig", module._parameters),
                 (module, f"{attr}_mask", module._buffers)]
@@ -143,7 +154,7 @@ def slice_tensors(
                 new = nn.Parameter(new, requires_grad=old.requires_grad)
             _replace_everywhere(model, old, new)
         touched.add(name.rpartition(".")[0])
-    sync_attributes(model, None, before)  # all: a shared tensor has several owners
+    sync_attributes(model, before)  # every module: a shared tensor has several owners
     return touched
 
 
@@ -164,7 +175,7 @@ def set_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> set[str
                 new = nn.Parameter(new, requires_grad=old.requires_grad)
             _replace_everywhere(model, old, new)
         touched.add(name.rpartition(".")[0])
-    sync_attributes(model, None, before)
+    sync_attributes(model, before)
     return touched
 
 
@@ -178,16 +189,13 @@ def _raw(module: nn.Module, attr: str) -> torch.Tensor | None:
 
 
 def sync_attributes(
-    model: nn.Module,
-    modules: set[str] | None = None,
-    before: Mapping[str, Mapping[str, object]] | None = None,
+    model: nn.Module, before: Mapping[str, Mapping[str, object]] | None = None
 ) -> None:
-    """Set the size attributes of ``modules`` (all when None) from their tensors' shapes.
+    """Set the size attributes of every module from its tensors' shapes.
 
     Args:
         model: the model.
-        modules: names of the modules to update.
-        before: their attributes before the change (:func:`_snapshot`); needed to tell a
+        before: the attributes before the change (:func:`_snapshot`); needed to tell a
             depthwise convolution (``groups`` follows the channels) from a grouped one.
     """
     before = before or {}
@@ -195,10 +203,6 @@ def sync_attributes(
         for attr, value in SIZE_ATTRIBUTES.get(class_path(m), ()):
             setattr(m, attr, value(m))
     for name, m in model.named_modules():
-        if modules is not None and name not in modules and not any(
-            x.startswith(name + ".") for x in modules if name
-        ):
-            continue
         info = before.get(name, {})
         if isinstance(m, nn.modules.conv._ConvNd):
             w = _raw(m, "weight")
