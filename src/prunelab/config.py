@@ -233,14 +233,92 @@ class RetrainConfig(_Strict):
 LayerAmount = float | dict[str, float]
 
 
+class GradualConfig(_Strict):
+    """Gradual pruning during an iteration's training (Zhu & Gupta 2017).
+
+    The iteration's ``sparsity`` is the final one; it is reached on the cubic ramp
+    (:func:`prunelab.schedules.cubic_sparsity`) from ``initial_sparsity`` at ``start`` to
+    ``end`` (fractions of the iteration's training), pruning every ``every`` steps or epochs.
+    """
+
+    initial_sparsity: float = Field(0.0, ge=0, lt=1)
+    start: float = Field(0.0, ge=0, lt=1, description="first pruning, fraction of the phase")
+    end: float = Field(0.75, gt=0, le=1, description="last pruning, fraction of the phase")
+    every: int = Field(1, ge=1, description="steps (or epochs) between prunings")
+    unit: Literal["step", "epoch"] = "step"
+
+    @model_validator(mode="after")
+    def _order(self) -> GradualConfig:
+        if self.end <= self.start:
+            raise ValueError(f"end={self.end} must be after start={self.start}")
+        return self
+
+    def points(self, epochs: int, steps_per_epoch: int) -> tuple[int, int, int]:
+        """``(start, every, count)`` in the schedule's unit for a phase of that length.
+
+        Raises:
+            ValueError: the phase is too short for one interval.
+
+        Example:
+            >>> GradualConfig(end=0.5, every=10).points(epochs=4, steps_per_epoch=100)
+            (0, 10, 20)
+        """
+        total = epochs * (steps_per_epoch if self.unit == "step" else 1)
+        t0, t1 = round(self.start * total), round(self.end * total)
+        count = (t1 - t0) // self.every
+        if count < 1:
+            raise ValueError(
+                f"gradual pruning from {self.start} to {self.end} of {total} {self.unit}s "
+                f"leaves no interval of every={self.every}; use a smaller 'every' or more epochs"
+            )
+        return t0, self.every, count
+
+
+class DynamicConfig(_Strict):
+    """Dynamic network surgery during an iteration's training (Guo et al. 2016, method ``dns``).
+
+    The masks are recomputed with probability ``(1 + gamma * t) ** -power`` every ``every``
+    steps until ``stop`` (a fraction of the iteration's training), then fixed.
+    """
+
+    gamma: float = Field(1e-4, ge=0)
+    power: float = Field(1.0, ge=0)
+    every: int = Field(1, ge=1)
+    stop: float = Field(1.0, gt=0, le=1, description="last mask update, fraction of the phase")
+
+
 class IterationConfig(_Strict):
-    """One prune -> retrain iteration of the schedule."""
+    """One prune -> retrain iteration of the schedule.
+
+    With ``gradual`` the pruning happens during the iteration's training (the ``sparsity``
+    is the final one); with ``dynamic`` (method ``dns``) the masks also splice weights back
+    during training.
+    """
 
     q: LayerAmount | None = None
     sparsity: LayerAmount | None = None
     epochs: int = Field(..., ge=0)
     layers: list[str] | None = None
     freeze: Literal["none", "conv", "fc"] | None = None
+    gradual: GradualConfig | None = None
+    dynamic: DynamicConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> IterationConfig:
+        if self.gradual is not None and self.dynamic is not None:
+            raise ValueError("an iteration is either 'gradual' or 'dynamic', not both")
+        if (self.gradual is not None or self.dynamic is not None) and self.epochs < 1:
+            raise ValueError("a gradual or dynamic iteration needs epochs >= 1")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Leave out the keys added later when unset, so earlier configs' hashes stay.
+        data = handler(self)
+        for key in ("gradual", "dynamic"):
+            if getattr(self, key) is None:
+                data.pop(key, None)
+        return data
 
 
 class PruneConfig(_Strict):
@@ -300,6 +378,16 @@ class PruneConfig(_Strict):
         need = crit.amount_kind
         other = "sparsity" if need == "q" else "q"
         for i, it in enumerate(self.schedule):
+            if it.gradual is not None and need != "sparsity":
+                raise ValueError(
+                    f"schedule[{i}] is gradual, which needs a sparsity criterion (e.g. "
+                    f"'magnitude'), not {self.method!r}"
+                )
+            if it.dynamic is not None and self.method != "dns":
+                raise ValueError(
+                    f"schedule[{i}] is dynamic (network surgery), which needs method 'dns', "
+                    f"not {self.method!r}"
+                )
             if getattr(it, need) is None:
                 raise ValueError(f"schedule[{i}] needs '{need}' for method {self.method!r}")
             if getattr(it, other) is not None:

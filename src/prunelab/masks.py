@@ -88,6 +88,7 @@ __all__ = [
     "effective_tensor",
     "enforce_masks",
     "get_mask",
+    "has_dense_updates",
     "is_masked",
     "iter_masks",
     "load_pruned_state_dict",
@@ -96,6 +97,7 @@ __all__ = [
     "mask_state",
     "masked_training",
     "raw_parameter",
+    "set_dense_updates",
     "set_mask",
     "sparsity",
     "sync_optimizer",
@@ -197,20 +199,45 @@ class _MaskMarker(torch_prune.BasePruningMethod):
         return None
 
 
-# (original class, ((name, direct), ...)) -> subclass with one property per name
-_CLASSES: dict[tuple[type, tuple[tuple[str, bool], ...]], type] = {}
+# How ``module.<name>`` is produced: "product" (``orig * mask``), "direct" (inside
+# masked_training: ``orig`` itself, its pruned entries being zero) or "dense" (dense updates,
+# dynamic network surgery: ``orig * mask`` forward, the gradient passed to every entry).
+# (original class, ((name, mode), ...)) -> subclass with one property per name
+_CLASSES: dict[tuple[type, tuple[tuple[str, str], ...]], type] = {}
+
+# module.__dict__ key: the names of the module's tensors under dense updates
+_DENSE_KEY = "_prunelab_dense_updates"
 
 
-def _property(name: str, direct: bool) -> property:
+class _StraightThrough(torch.autograd.Function):
+    """``orig * mask`` whose gradient reaches every entry of ``orig`` (pruned ones too)."""
+
+    @staticmethod
+    def forward(ctx: Any, orig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return orig * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def _property(name: str, mode: str) -> property:
     orig_key, mask_key = f"{name}_orig", f"{name}_mask"
 
-    if direct:  # inside masked_training: the parameter itself (pruned entries are zero)
+    if mode == "direct":  # inside masked_training: the parameter itself (pruned entries are 0)
 
         def fget(self: nn.Module) -> torch.Tensor:
             try:
                 return self._parameters[orig_key]
             except KeyError:
                 raise AttributeError(name) from None  # unmasked by hand: Module.__getattr__
+    elif mode == "dense":
+
+        def fget(self: nn.Module) -> torch.Tensor:
+            try:
+                return _StraightThrough.apply(self._parameters[orig_key], self._buffers[mask_key])
+            except KeyError:
+                raise AttributeError(name) from None
     else:
 
         def fget(self: nn.Module) -> torch.Tensor:
@@ -237,11 +264,11 @@ def _property(name: str, direct: bool) -> property:
 
 def _new_masked_module(base: type, spec: tuple[str, ...], *args: Any) -> nn.Module:
     """Unpickling/deepcopy constructor: an empty instance of the masked class (not direct)."""
-    cls = _masked_class(base, tuple((n, False) for n in spec))
+    cls = _masked_class(base, tuple((n, "product") for n in spec))
     return cls.__new__(cls, *args)
 
 
-def _masked_class(base: type, spec: tuple[tuple[str, bool], ...]) -> type:
+def _masked_class(base: type, spec: tuple[tuple[str, str], ...]) -> type:
     key = (base, spec)
     cls = _CLASSES.get(key)
     if cls is not None:
@@ -266,17 +293,17 @@ def _masked_class(base: type, spec: tuple[tuple[str, bool], ...]) -> type:
         "_prunelab_base": base,
         "_prunelab_spec": spec,
     }
-    namespace.update({n: _property(n, direct) for n, direct in spec})
+    namespace.update({n: _property(n, mode) for n, mode in spec})
     cls = type(base.__name__, (base,), namespace)
     _CLASSES[key] = cls
     return cls
 
 
-def _spec(module: nn.Module) -> dict[str, bool]:
+def _spec(module: nn.Module) -> dict[str, str]:
     return dict(type(module).__dict__.get("_prunelab_spec", ()))
 
 
-def _set_spec(module: nn.Module, spec: Mapping[str, bool]) -> None:
+def _set_spec(module: nn.Module, spec: Mapping[str, str]) -> None:
     base = type(module).__dict__.get("_prunelab_base", type(module))
     items = tuple(sorted(spec.items()))
     module.__class__ = _masked_class(base, items) if items else base
@@ -329,7 +356,7 @@ def _manage(module: nn.Module, name: str, mask: torch.Tensor | None = None) -> N
     module.__dict__.pop(name, None)  # torch's cached attribute (the property shadows it)
     spec = _spec(module)
     if name not in spec:
-        spec[name] = any(s.holds(module, name) for s in _SESSIONS)
+        spec[name] = _mode(module, name, any(s.holds(module, name) for s in _SESSIONS))
         _set_spec(module, spec)
     for session in _SESSIONS:
         session.adopt(module, name)
@@ -344,10 +371,22 @@ def _unmanage(module: nn.Module, name: str) -> None:
     _set_spec(module, spec)
 
 
+def _dense(module: nn.Module, name: str) -> bool:
+    """Whether ``module.<name>`` is under dense updates (:func:`set_dense_updates`)."""
+    return name in module.__dict__.get(_DENSE_KEY, ())
+
+
+def _mode(module: nn.Module, name: str, direct: bool) -> str:
+    if _dense(module, name):
+        return "dense"
+    return "direct" if direct else "product"
+
+
 def _set_direct(module: nn.Module, name: str, direct: bool) -> None:
     spec = _spec(module)
-    if name in spec and spec[name] != direct:
-        spec[name] = direct
+    mode = _mode(module, name, direct)
+    if name in spec and spec[name] != mode:
+        spec[name] = mode
         _set_spec(module, spec)
 
 
@@ -408,8 +447,77 @@ def set_mask(
             buf.mul_(new)
         else:
             buf.copy_(new)
-        module._parameters[f"{name}_orig"].mul_(buf)
+        if not _dense(module, name):
+            module._parameters[f"{name}_orig"].mul_(buf)
     return buf
+
+
+def set_dense_updates(module: nn.Module, name: str = "weight", enabled: bool = True) -> None:
+    """Let the pruned entries of ``module.<name>`` keep training (or stop it again).
+
+    Dynamic network surgery (Guo et al. 2016) trains the dense weights under a mask: the
+    forward pass uses ``orig * mask``, but the gradient with respect to that product reaches
+    *every* entry of ``<name>_orig``, pruned ones included (a straight-through estimator), so
+    a pruned weight that keeps growing can be spliced back by a later mask. Under dense
+    updates the pruned entries of ``<name>_orig`` are therefore not zero and the optimizer
+    keeps their state; :func:`masked_training`, :func:`enforce_masks`, :func:`sync_optimizer`,
+    :func:`set_mask` and :func:`tie_masks` leave them alone. The effective tensor
+    (``module.<name>``, :func:`effective_tensor`, exports) is ``orig * mask`` as always.
+    ``enabled=False`` restores the usual invariant: pruned entries of ``<name>_orig`` are set
+    to exactly zero (call :func:`sync_optimizer` next to clear their optimizer state). The
+    flag lives in the module's ``__dict__`` (``deepcopy`` keeps it, ``state_dict`` does not).
+
+    Raises:
+        ValueError: ``module.<name>`` has no mask.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> layer = nn.Linear(2, 1, bias=False)
+        >>> _ = set_mask(layer, "weight", torch.tensor([[1.0, 0.0]]))
+        >>> set_dense_updates(layer)
+        >>> layer(torch.ones(1, 2)).sum().backward()
+        >>> layer.weight_orig.grad.tolist()  # the pruned entry gets its gradient too
+        [[1.0, 1.0]]
+        >>> set_dense_updates(layer, enabled=False)
+        >>> layer.weight_orig.grad = None
+        >>> layer(torch.ones(1, 2)).sum().backward()
+        >>> layer.weight_orig.grad.tolist()
+        [[1.0, 0.0]]
+    """
+    if not is_masked(module, name):
+        raise ValueError(
+            f"{type(module).__name__}.{name} has no mask; dense updates apply to pruned "
+            "tensors (set_mask first)"
+        )
+    names = set(module.__dict__.get(_DENSE_KEY, ()))
+    if (name in names) == bool(enabled):
+        return
+    for session in _SESSIONS:
+        session.release(module, name)
+    if enabled:
+        names.add(name)
+    else:
+        names.discard(name)
+    module.__dict__[_DENSE_KEY] = frozenset(names)
+    _set_direct(module, name, False)
+    for session in _SESSIONS:
+        if id(module) in session.modules:
+            session.adopt(module, name)
+    if not enabled:
+        with torch.no_grad():
+            module._parameters[f"{name}_orig"].mul_(module._buffers[f"{name}_mask"])
+
+
+def has_dense_updates(module: nn.Module, name: str = "weight") -> bool:
+    """Whether ``module.<name>`` is under :func:`set_dense_updates`.
+
+    Example:
+        >>> from torch import nn
+        >>> has_dense_updates(nn.Linear(2, 2))
+        False
+    """
+    return _dense(module, name)
 
 
 def iter_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:
@@ -478,8 +586,9 @@ def tie_masks(model: nn.Module) -> list[str]:
                 module._buffers[f"{name}_mask"] = mask
             _manage(module, name, mask)
             tied.append(f"{mod_name}.{name}" if mod_name else name)
-        with torch.no_grad():
-            masked[0][0]._parameters[f"{masked[0][1]}_orig"].mul_(mask)
+        if not _dense(*masked[0]):
+            with torch.no_grad():
+                masked[0][0]._parameters[f"{masked[0][1]}_orig"].mul_(mask)
     return tied
 
 
@@ -495,7 +604,8 @@ def enforce_masks(model: nn.Module) -> None:
     """
     with torch.no_grad():
         for _, module, tensor_name, mask in iter_masks(model):
-            module._parameters[f"{tensor_name}_orig"].mul_(mask)
+            if not _dense(module, tensor_name):
+                module._parameters[f"{tensor_name}_orig"].mul_(mask)
 
 
 def sync_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
@@ -519,6 +629,8 @@ def sync_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
     """
     masks: dict[int, list[torch.Tensor]] = {}
     for _, module, t, mask in iter_masks(model):
+        if _dense(module, t):  # its pruned entries keep training
+            continue
         found = masks.setdefault(id(module._parameters[f"{t}_orig"]), [])
         if not any(m is mask for m in found):
             found.append(mask)
@@ -570,7 +682,7 @@ class _Session:
         self.entries[id(module), name] = (module, name)
         _set_direct(module, name, True)
         param = module._parameters[f"{name}_orig"]
-        if not param.requires_grad:
+        if not param.requires_grad or _dense(module, name):
             return
         if id(param) not in self.grad_hooks:
             fn = _GradMask()
@@ -589,6 +701,8 @@ class _Session:
         masks: list[torch.Tensor] = []
         seen: set[tuple[int, int]] = set()
         for module, name in self.entries.values():
+            if _dense(module, name):
+                continue
             orig, mask = module._parameters[f"{name}_orig"], module._buffers[f"{name}_mask"]
             if (id(orig), id(mask)) not in seen:
                 seen.add((id(orig), id(mask)))

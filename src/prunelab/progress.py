@@ -23,7 +23,14 @@ from rich.progress import (
 )
 
 from .atomic import write_text_atomic
-from .records import BestEpochEvent, DropoutEvent, EpochRecord, Event, PruneEvent
+from .records import (
+    BestEpochEvent,
+    DropoutEvent,
+    EpochRecord,
+    Event,
+    MaskUpdateEvent,
+    PruneEvent,
+)
 
 __all__ = ["JsonlLog", "RichReporter"]
 
@@ -111,9 +118,17 @@ class RichReporter:
                 f"{r['layer']} {100 * (1 - r['sparsity_after']):.1f}%" for r in record.layers
             )
             removed = sum(v["removed"] for v in (record.dead_neurons or {}).values())
+            where = f" ({record.schedule}, {record.step})" if record.schedule else ""
             self.console.print(
-                f"[cyan]prune {record.iteration}[/]: weights kept {parts}"
+                f"[cyan]prune {record.iteration}{where}[/]: weights kept {parts}"
                 + (f"; dead neurons removed: {removed}" if removed else "")
+            )
+        elif isinstance(record, MaskUpdateEvent):
+            parts = ", ".join(f"{n} {100 * d:.1f}%" for n, d in record.density.items())
+            self.console.print(
+                f"[cyan]surgery {record.iteration}[/] steps {record.step_from}-{record.step_to}: "
+                f"{record.updates} updates, pruned {sum(record.pruned.values())}, spliced "
+                f"{sum(record.spliced.values())}; weights kept {parts}"
             )
         elif isinstance(record, DropoutEvent):
             parts = ", ".join(

@@ -2,8 +2,9 @@
 points of a sensitivity sweep (:class:`SensitivityRow`, read and written as CSV).
 
 A run's ``log.jsonl`` and its checkpoint hold these records as JSON objects with a ``kind``
-field (``"epoch"``, ``"prune"``, ``"dropout"``, ``"best_epoch"``); in Python they are frozen
-dataclasses, so nothing reads a record by a string key or a tuple by position.
+field (``"epoch"``, ``"prune"``, ``"dropout"``, ``"best_epoch"``, ``"mask_update"``); in
+Python they are frozen dataclasses, so nothing reads a record by a string key or a tuple by
+position.
 :func:`record_from_dict` turns a JSON object back into its record.
 
 Example:
@@ -29,6 +30,7 @@ __all__ = [
     "DropoutEvent",
     "EpochRecord",
     "Event",
+    "MaskUpdateEvent",
     "PruneEvent",
     "Record",
     "SensitivityRow",
@@ -88,6 +90,12 @@ class PruneEvent(_Record):
         after_epoch: epochs run before the event (orders events among epochs).
         dead_neurons: ``{layer: counts}`` when dead neurons were removed after the step.
         reinit: surviving weights were re-drawn (the ablation the paper argues against).
+        schedule: ``"gradual"`` for a pruning made during training (None: at the start of
+            the iteration's retraining, Han's schedule).
+        step: for a pruning during training, the point of the schedule (steps or epochs of
+            the iteration done, as its ``unit`` says).
+        at_epoch: for a pruning during training, the epochs of the whole run done when it
+            happened (fractional: 2.25 is a quarter into the third epoch).
     """
 
     kind: ClassVar[str] = "prune"
@@ -97,12 +105,16 @@ class PruneEvent(_Record):
     after_epoch: int = 0
     dead_neurons: dict[str, dict[str, int]] | None = None
     reinit: bool = False
+    schedule: str | None = None
+    step: int | None = None
+    at_epoch: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, leaving out what did not happen (as earlier logs did)."""
         out = super().to_dict()
-        if self.dead_neurons is None:
-            del out["dead_neurons"]
+        for key in ("dead_neurons", "schedule", "step", "at_epoch"):
+            if out[key] is None:
+                del out[key]
         if not self.reinit:
             del out["reinit"]
         return out
@@ -142,11 +154,39 @@ class BestEpochEvent(_Record):
     after_epoch: int = 0
 
 
-Event = PruneEvent | DropoutEvent | BestEpochEvent
+@dataclass(frozen=True)
+class MaskUpdateEvent(_Record):
+    """Dynamic network surgery changed masks during training (one event per epoch, and one
+    for its start): :class:`prunelab.dns.SurgeryUpdate` with its place in the run.
+
+    Attributes:
+        iteration: schedule iteration, from 1.
+        step_from, step_to: the iteration's steps covered, ``[from, to)``.
+        updates: times the masks were recomputed; ``changed``: of those, how many changed one.
+        pruned, spliced: per layer, entries pruned and spliced back.
+        density: per layer, fraction of weights kept at the end.
+        after_epoch: epochs run before the event.
+        at_epoch: epochs of the run done at ``step_to`` (fractional).
+    """
+
+    kind: ClassVar[str] = "mask_update"
+    iteration: int
+    step_from: int
+    step_to: int
+    updates: int
+    changed: int
+    pruned: dict[str, int]
+    spliced: dict[str, int]
+    density: dict[str, float]
+    after_epoch: int = 0
+    at_epoch: float | None = None
+
+
+Event = PruneEvent | DropoutEvent | BestEpochEvent | MaskUpdateEvent
 Record = EpochRecord | Event
 
 _KINDS: dict[str, type[_Record]] = {
-    c.kind: c for c in (EpochRecord, PruneEvent, DropoutEvent, BestEpochEvent)
+    c.kind: c for c in (EpochRecord, PruneEvent, DropoutEvent, BestEpochEvent, MaskUpdateEvent)
 }
 
 

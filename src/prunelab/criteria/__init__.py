@@ -11,7 +11,7 @@ and are used by :func:`prunelab.criteria.channels.channel_keep`. Register your o
 
 Example:
     >>> available_criteria()
-    ('bn_scale', 'l1_filter', 'magnitude', 'random', 'slimming', 'std', 'thinet')
+    ('bn_scale', 'dns', 'l1_filter', 'magnitude', 'random', 'slimming', 'std', 'thinet')
 """
 
 from . import channels  # noqa: F401  (registers the channel criteria)
@@ -28,6 +28,7 @@ from .unstructured import (
     Magnitude,
     RandomScores,
     StdThreshold,
+    SurgeryThreshold,
     global_magnitude_masks,
     keep_count,
     layer_seed,
@@ -35,6 +36,7 @@ from .unstructured import (
     population_std,
     random_mask,
     std_threshold_mask,
+    surgery_bounds,
 )
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "Magnitude",
     "RandomScores",
     "StdThreshold",
+    "SurgeryThreshold",
     "as_criterion",
     "available_criteria",
     "criterion_class",
@@ -55,5 +58,6 @@ __all__ = [
     "random_mask",
     "register_criterion",
     "std_threshold_mask",
+    "surgery_bounds",
     "unregister_criterion",
 ]

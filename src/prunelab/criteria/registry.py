@@ -105,7 +105,7 @@ def available_criteria(granularity: str | None = None) -> tuple[str, ...]:
 
     Example:
         >>> available_criteria("weight")
-        ('magnitude', 'random', 'std')
+        ('dns', 'magnitude', 'random', 'std')
     """
     return tuple(
         sorted(n for n, c in _REGISTRY.items() if granularity in (None, c.granularity))

@@ -1,4 +1,5 @@
-"""What is unimportant among weights: Han's std threshold, magnitude, random.
+"""What is unimportant among weights: Han's std threshold, magnitude, random, and dynamic
+network surgery's thresholds (``dns``, Guo et al. 2016).
 
 Each criterion is a small registered class (:mod:`prunelab.criteria.base`) with a one-line
 function beside it for the common case. Every function here is deterministic: ties are
@@ -24,10 +25,18 @@ import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..allocation import alive_mask, check_sparsity, density_floors, global_keep, keep_count
+from ..allocation import (
+    AmountKind,
+    alive_mask,
+    check_sparsity,
+    density_floors,
+    global_keep,
+    keep_count,
+)
 from .base import Context, Criterion
 from .registry import register_criterion
 
@@ -35,6 +44,7 @@ __all__ = [
     "Magnitude",
     "RandomScores",
     "StdThreshold",
+    "SurgeryThreshold",
     "global_magnitude_masks",
     "keep_count",
     "layer_seed",
@@ -42,6 +52,7 @@ __all__ = [
     "population_std",
     "random_mask",
     "std_threshold_mask",
+    "surgery_bounds",
 ]
 
 
@@ -196,6 +207,78 @@ def magnitude_mask(
         [True, True, True, False]
     """
     return Magnitude().compute_mask(weight, sparsity, current, Context())
+
+
+# ----------------------------------------------------------------------------- surgery
+
+
+def surgery_bounds(weight: torch.Tensor, c: float, margin: float = 0.1) -> tuple[float, float]:
+    """Dynamic network surgery's two thresholds of a layer: ``(1 -+ margin) * max(mu + c*sd, 0)``.
+
+    ``mu`` and ``sd`` are the mean and the (population) std of ``|w|`` over the layer's
+    nonzero entries, as Guo et al.'s code computes them once from the trained weights; a
+    weight at or below the lower bound is pruned, one above the upper bound is spliced back
+    (:class:`prunelab.dns.DynamicSurgery`), the ones between keep their mask. ``c`` is the
+    paper's ``crate`` (larger prunes more; it may be negative).
+
+    Raises:
+        ValueError: ``c`` not finite, or ``margin`` outside [0, 1).
+
+    Example:
+        >>> import torch
+        >>> surgery_bounds(torch.tensor([1.0, -3.0, 0.0]), 0.0)
+        (1.8, 2.2)
+    """
+    if not math.isfinite(c):
+        raise ValueError(f"c={c!r} is invalid; allowed: a finite number")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin={margin!r} is out of range; allowed: [0.0, 1.0)")
+    a = weight.detach().double().abs().flatten()
+    a = a[a != 0]
+    if a.numel() == 0:
+        return 0.0, 0.0
+    base = max(float(a.mean()) + c * float(a.std(correction=0)), 0.0)
+    return (1.0 - margin) * base, (1.0 + margin) * base
+
+
+@register_criterion("dns")
+@dataclass(frozen=True)
+class SurgeryThreshold(Criterion):
+    """Dynamic network surgery's rule, one shot: prune ``|w| <= (1 - margin) * (mu + c*sd)``.
+
+    ``amount`` is the paper's ``crate`` ``c`` (:func:`surgery_bounds`). Used alone it is a
+    threshold criterion like ``std``; in a schedule iteration with ``dynamic:`` the masks
+    keep changing during training (:class:`prunelab.dns.DynamicSurgery`), pruned weights
+    keep training and come back above the upper bound.
+
+    Example:
+        >>> import torch
+        >>> SurgeryThreshold().compute_mask(torch.tensor([1.0, -3.0, 0.5, 2.0]), 0.0, None,
+        ...                                 Context()).tolist()
+        [False, True, False, True]
+    """
+
+    amount_kind: ClassVar[AmountKind] = "q"
+    margin: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.margin, int | float) and 0.0 <= self.margin < 1.0):
+            raise ValueError(f"margin={self.margin!r} is out of range; allowed: [0.0, 1.0)")
+
+    def compute_mask(
+        self, tensor: torch.Tensor, amount: float, current: torch.Tensor | None,
+        context: Context,
+    ) -> torch.Tensor:
+        """Keep ``|w|`` above the lower bound (and not already pruned)."""
+        low, _ = surgery_bounds(tensor, float(amount), self.margin)
+        keep = tensor.detach().double().abs() > low
+        return keep & alive_mask(tensor, current)
+
+    def threshold(
+        self, tensor: torch.Tensor, amount: float, keep: torch.Tensor, context: Context
+    ) -> float | None:
+        """The lower bound."""
+        return surgery_bounds(tensor, float(amount), self.margin)[0]
 
 
 # ----------------------------------------------------------------------------- random

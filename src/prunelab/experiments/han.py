@@ -2,10 +2,16 @@
 
 The pipeline is a list of phases: phase 0 trains the dense network; phase ``k >= 1`` runs
 iteration ``k-1`` of the schedule (prune, remove dead neurons, adjust dropout, freeze, then
-retrain at ``lr_factor`` times the training learning rate). After every epoch a checkpoint
-(model, masks, optimizer state, best-so-far weights, pruner state, history) is written
-atomically; every epoch's randomness is a pure function of ``(seed, phase, epoch)``, so a run
-resumed from its last checkpoint ends exactly as an uninterrupted one.
+retrain at ``lr_factor`` times the training learning rate). An iteration with ``gradual``
+prunes during its training instead (:class:`prunelab.gradual.GradualPruning`: the cubic ramp
+to its sparsity, dead neurons removed after the last pruning), one with ``dynamic`` runs
+dynamic network surgery (:class:`prunelab.dns.DynamicSurgery`: masks prune and splice while
+the dense weights train, fixed at its ``stop``, exact again at the phase end). In those
+phases ``keep_best`` only considers epochs that end after the masks are final. After every
+epoch a checkpoint (model, masks, optimizer state, best-so-far weights, pruner state,
+history, surgery state) is written atomically; every epoch's randomness is a pure function of
+``(seed, phase, epoch)``, so a run resumed from its last checkpoint ends exactly as an
+uninterrupted one.
 
 Example:
     >>> import torch
@@ -51,16 +57,19 @@ from ..data import TensorSplits
 from ..data.device import OnDevice
 from ..dead_neurons import prune_dead_neurons
 from ..distributed import broadcast_object, is_distributed, rank, sync_masks, world_size
+from ..dns import DynamicSurgery, SurgeryUpdate
 from ..errors import one_line
+from ..gradual import GradualPruning
 from ..graph import DROPOUT_TYPES, Structure, trace_structure
 from ..masks import effective_tensor, iter_masks, load_pruned_state_dict, set_mask, sparsity
 from ..metrics import ModelStats, model_stats
-from ..pruner import Pruner
+from ..pruner import LayerPruneResult, Pruner
 from ..records import (
     BestEpochEvent,
     DropoutEvent,
     EpochRecord,
     Event,
+    MaskUpdateEvent,
     PruneEvent,
     record_from_dict,
 )
@@ -294,6 +303,12 @@ class HanPipeline:
         self.optimizer: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []
         self._restored = False
+        # pruning during training (gradual / dynamic iterations), for the phase running now
+        self._callback: GradualPruning | DynamicSurgery | None = None
+        self._surgery: DynamicSurgery | None = None
+        self._surgery_state: dict[str, Any] | None = None
+        self._per_epoch = 1
+        self._settle_at: int | None = None
 
     def _emit(self, event: Event) -> None:
         """Record an event, stamped with the number of epochs run so far (for ordering)."""
@@ -346,11 +361,75 @@ class HanPipeline:
         Raises:
             ValueError: naming the schedule iteration and the problem.
         """
+        per_epoch = None
         for index, it in enumerate(self.cfg.prune.schedule):
             try:
                 self.pruner.check_step(**self._step_arguments(it, index))
+                if it.gradual is not None or it.dynamic is not None:
+                    if per_epoch is None:
+                        per_epoch = len(self._train_batches())
+                    self._in_training(index + 1, per_epoch)
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"prune.schedule[{index}]: {exc}") from None
+
+    def _in_training(
+        self, phase: int, per_epoch: int
+    ) -> tuple[GradualPruning | DynamicSurgery | None, int | None]:
+        """The callback that prunes during ``phase``'s training, and the phase step from
+        which its masks are final (``(None, None)`` for an iteration of Han's kind)."""
+        if phase == 0:
+            return None, None
+        pc, it = self.cfg.prune, self.cfg.prune.schedule[phase - 1]
+        index = phase - 1
+        total = it.epochs * per_epoch
+        if it.gradual is not None:
+            g = it.gradual
+            start, every, count = g.points(it.epochs, per_epoch)
+            layers = self.pruner.layer_names if it.layers is None else it.layers
+            callback = GradualPruning(
+                self.pruner, pc.criterion(), pc.amount(it), initial=g.initial_sparsity,
+                start=start, every=every, count=count, unit=g.unit, layers=layers,
+                scope=pc.scope, min_density=pc.min_density, seed=self.cfg.seed + index,
+                on_prune=lambda t, results, ph=phase: self._gradual_pruned(ph, t, results),
+            )
+            last = callback.last_point * (per_epoch if g.unit == "epoch" else 1)
+            return callback, last
+        if it.dynamic is not None:
+            d = it.dynamic
+            chosen = (self.pruner.layers if it.layers is None
+                      else {n: self.pruner.layers[n] for n in self.pruner._subset(it.layers)})
+            stop = round(d.stop * total)
+            callback = DynamicSurgery(
+                self.model, pc.amount(it), layers=chosen,
+                margin=float(pc.method_options.get("margin", 0.1)), gamma=d.gamma,
+                power=d.power, every=d.every, stop=stop,
+                seed=epoch_seed(self.cfg.seed, phase, 0),
+                on_update=lambda u, ph=phase: self._surgery_updated(ph, u),
+            )
+            return callback, stop
+        return None, None
+
+    def _at_epoch(self, steps: float) -> float:
+        """Epochs of the run done ``steps`` steps into the running phase."""
+        return len(self.history) - self.epoch_done + steps / self._per_epoch
+
+    def _gradual_pruned(self, phase: int, t: int, results: list[LayerPruneResult]) -> None:
+        pc, it = self.cfg.prune, self.cfg.prune.schedule[phase - 1]
+        dead = None
+        callback = self._callback
+        if pc.dead_neurons and isinstance(callback, GradualPruning) and t == callback.last_point:
+            dead = prune_dead_neurons(self.model, self._structure(), self.example).counts()
+            if is_distributed():
+                sync_masks(self.model)
+                dead = broadcast_object(dead)
+        steps = t * (self._per_epoch if it.gradual.unit == "epoch" else 1)
+        self._emit(PruneEvent(iteration=phase, method=pc.method,
+                              layers=[r.to_dict() for r in results], dead_neurons=dead,
+                              schedule="gradual", step=t, at_epoch=self._at_epoch(steps)))
+
+    def _surgery_updated(self, phase: int, update: SurgeryUpdate) -> None:
+        self._emit(MaskUpdateEvent(iteration=phase, **update.to_dict(),
+                                   at_epoch=self._at_epoch(update.step_to)))
 
     def _reinitialise(self, phase: int) -> None:
         """Re-draw surviving weights (the ablation the paper argues against).
@@ -426,6 +505,8 @@ class HanPipeline:
         }
         if self.world > 1:  # absent for 1 process, so earlier checkpoints stay valid
             meta["world_size"] = self.world
+        if self._surgery is not None and self._surgery.active:
+            meta["surgery"] = self._surgery.state_dict()
         save_tensors(path, tensors, meta)
 
     def restore(self) -> bool:
@@ -481,6 +562,7 @@ class HanPipeline:
         self.events = [record_from_dict(e) for e in meta["events"]]
         self.dense_val_accuracy = meta["dense_val_accuracy"]
         self.dense_state = strip["dense."]
+        self._surgery_state = meta.get("surgery")
         self.dropout_now = {k: float(v) for k, v in meta["dropout_now"].items()}
         mods = dict(self.model.named_modules())
         for name, p in self.dropout_now.items():
@@ -503,12 +585,21 @@ class HanPipeline:
         if resume and not self._restored:
             self.restore()
         batches = self._train_batches()
+        self._per_epoch = max(1, len(batches))
         while self.phase < self.num_phases:
             phase = self.phase
             s = self.settings(phase)
+            self._callback, self._settle_at = self._in_training(phase, self._per_epoch)
+            callback = self._callback
+            self._surgery = callback if isinstance(callback, DynamicSurgery) else None
             if self.epoch_done == 0:
                 if phase > 0:
-                    self._prune(self.cfg.prune.schedule[phase - 1], phase - 1)
+                    if isinstance(callback, GradualPruning):
+                        callback.prune_due(0)
+                    elif isinstance(callback, DynamicSurgery):
+                        callback.start()
+                    else:
+                        self._prune(self.cfg.prune.schedule[phase - 1], phase - 1)
                     changes = self._apply_dropout(phase)
                     if changes:
                         self._emit(DropoutEvent(iteration=phase,
@@ -519,6 +610,11 @@ class HanPipeline:
                 self.optimizer, self._params = self._make_optimizer(phase)
             else:
                 freeze_kind(self.model, s.freeze)
+            if self.epoch_done > 0 and isinstance(callback, DynamicSurgery):
+                if self._surgery_state is None:
+                    raise CheckpointError("the checkpoint of a dynamic-surgery phase has no "
+                                          "surgery state; start the run afresh")
+                callback.resume(self._surgery_state)
             policy = s.lr_policy
             lr_at = lr_schedule(policy.name, s.lr, s.epochs * len(batches), gamma=policy.gamma,
                                 power=policy.power, milestones=policy.milestones,
@@ -528,13 +624,18 @@ class HanPipeline:
             trainer = Trainer(
                 self.model, self.optimizer, lr_at=lr_at, l1=s.l1, l1_params=self._params,
                 eval_modules=self._frozen_norms(phase),
-                callbacks=[_EpochEnd(self, phase, s.keep_best)],
+                # the pruning callback first: the epoch's checkpoint then holds its masks
+                callbacks=[*([callback] if callback is not None else []),
+                           _EpochEnd(self, phase, s.keep_best)],
                 on_batch=lambda b: self.reporter.batch(),
                 precision=self.cfg.train.precision,
             )
             trainer.fit(batches, epochs=s.epochs, start_epoch=self.epoch_done,
                         seed_of_epoch=lambda e, ph=phase: epoch_seed(self.cfg.seed, ph, e))
             self.reporter.phase_end()
+            if isinstance(callback, DynamicSurgery):
+                callback.finish(self.optimizer)
+            self._surgery, self._surgery_state, self._callback = None, None, None
             self._finish_phase(phase, s.keep_best)
         for p in self.model.parameters():  # frozen only for the retraining phases
             p.requires_grad_(True)
@@ -580,7 +681,9 @@ class HanPipeline:
             time_s=time.perf_counter() - t0,
         )
         self.history.append(record)
-        if keep_best and (self.best is None or val_acc > self.best["val_accuracy"]):
+        settled = self._settle_at is None or self.epoch_done * self._per_epoch >= self._settle_at
+        if keep_best and settled and (self.best is None
+                                      or val_acc > self.best["val_accuracy"]):
             self.best = {"val_accuracy": val_acc, "epoch": self.epoch_done,
                          "state": {k: v.detach().clone()
                                    for k, v in self.model.state_dict().items()}}

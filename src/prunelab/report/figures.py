@@ -462,6 +462,9 @@ def _prune_positions(records: Sequence[Mapping[str, Any]]) -> list[tuple[int, fl
         if ev.get("kind") != "prune":
             continue
         k = int(ev.get("iteration", 0))
+        if ev.get("at_epoch") is not None:  # a pruning during training (gradual)
+            out.append((k, float(ev["at_epoch"])))
+            continue
         if ev.get("after_epoch") is not None:  # stamped by the pipeline: epochs run so far
             out.append((k, int(ev["after_epoch"]) + 0.5))
             continue
@@ -476,6 +479,23 @@ def _prune_positions(records: Sequence[Mapping[str, Any]]) -> list[tuple[int, fl
     return out
 
 
+def _surgery_spans(records: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """Per iteration, the epochs (fractional) from the first to the last mask change."""
+    spans: dict[int, list[float]] = {}
+    for ev in records:
+        if ev.get("kind") != "mask_update" or ev.get("at_epoch") is None:
+            continue
+        if not ev.get("changed") and ev.get("step_from") != ev.get("step_to"):
+            continue
+        k = int(ev.get("iteration", 0))
+        per_step = ev["step_to"] - ev["step_from"]
+        end = float(ev["at_epoch"])
+        start = end if per_step == 0 else end - 1.0
+        lo, hi = spans.get(k, [start, end])
+        spans[k] = [min(lo, start), max(hi, end)]
+    return [(lo, hi) for lo, hi in spans.values()]
+
+
 def training_curves(
     records: Sequence[Mapping[str, Any]],
     *,
@@ -485,7 +505,9 @@ def training_curves(
     """Loss, accuracy and per-layer sparsity per global epoch across the whole pipeline.
 
     Dashed vertical lines mark the prune events (between the last epoch before an
-    iteration's pruning and the first retraining epoch).
+    iteration's pruning and the first retraining epoch; a pruning during training, gradual,
+    at its fractional epoch, thinner), and a shaded band the epochs in which dynamic network
+    surgery changed masks (``mask_update`` events).
 
     Raises:
         ValueError: no epoch records.
@@ -518,16 +540,27 @@ def training_curves(
     ax.set_ylabel("weights pruned (%)")
     ax.set_title("Sparsity per layer", fontsize=10)
     marks = _prune_positions(records)
+    gradual = {round(float(r["at_epoch"]), 9) for r in records
+               if r.get("kind") == "prune" and r.get("at_epoch") is not None}
+    spans = _surgery_spans(records)
     for ax in axes:
         for i, (_, xp) in enumerate(marks):
-            ax.axvline(xp, color="k", ls="--", lw=0.8, alpha=0.6,
-                       label="prune event" if i == 0 else None)
+            thin = round(xp, 9) in gradual
+            ax.axvline(xp, color="k", ls=":" if thin else "--", lw=0.5 if thin else 0.8,
+                       alpha=0.6, label="prune event" if i == 0 else None)
+        for i, (x0, x1) in enumerate(spans):
+            ax.axvspan(x0, x1, color="tab:purple", alpha=0.12,
+                       label="masks prune and splice (surgery)" if i == 0 else None)
         ax.set_xlabel("epoch (whole pipeline)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    # phase names along the top of the accuracy panel
+    # phase names along the top of the accuracy panel (the first pruning of each iteration)
+    named: set[int] = set()
     for k, xp in marks:
+        if k in named:
+            continue
+        named.add(k)
         axes[1].annotate(f"prune {k}", (xp, 1.0), xycoords=("data", "axes fraction"),
                          fontsize=7, ha="left", va="top", rotation=90)
     fig.suptitle(title or "Training across the pipeline: train dense, then prune + retrain")
