@@ -63,7 +63,8 @@ def test_builtins_are_registered_with_their_kinds():
 
 def test_unknown_name_lists_the_registered_ones():
     with pytest.raises(ValueError, match=r"'magnitud' is unknown; registered criteria: bn_scale, "
-                                         r"dns, l1_filter, magnitude, random, slimming, std, thinet"):
+                                         r"dns, l1_filter, magnitude, random, slimming, std, "
+                                         r"thinet"):
         get_criterion("magnitud")
 
 

@@ -361,7 +361,10 @@ def test_tradeoff_tiny(tmp_path: Path) -> None:
     assert len(res["rows"]) == len(CURVES) * 2
     assert {r["curve"] for r in res["rows"]} == set(CURVES)
     for r in res["rows"]:
-        assert r["sparsity"] == pytest.approx(r["fraction"], abs=1e-3)
+        if r["curve"] == "L2, dynamic surgery":  # starts at the fraction, splicing moves it
+            assert r["sparsity"] == pytest.approx(r["fraction"], abs=0.1)
+        else:
+            assert r["sparsity"] == pytest.approx(r["fraction"], abs=1e-3)
     for suffix in ("csv", "json", "png"):
         assert (tmp_path / f"tradeoff-lenet300.{suffix}").exists()
     with pytest.raises(ValueError, match="fractions"):

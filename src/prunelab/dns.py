@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +47,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocation import layer_amounts
 from .criteria import surgery_bounds
 from .distributed import is_distributed, sync_masks
 from .masks import (
@@ -57,7 +57,7 @@ from .masks import (
     sync_optimizer,
 )
 from .schedules import surgery_probability
-from .selection import LayerValue, select_layers
+from .selection import LayerValue, per_layer_values, select_layers
 from .training import Callback, EpochStats, Trainer
 
 __all__ = ["DynamicSurgery", "LayerSurgery", "SurgeryUpdate", "surgery_mask"]
@@ -136,8 +136,8 @@ class DynamicSurgery(Callback):
 
     Args:
         model: the network (its masks change in place).
-        c: the paper's ``crate`` (>= 0), one value or ``{layer pattern: value}``: larger
-            prunes more.
+        c: the paper's ``crate``, one value or ``{layer pattern: value}``: larger prunes
+            more (negative puts the bounds under the mean ``|w|``).
         layers: glob pattern(s) of the layers (all Linear/Conv layers when ``None``), or the
             ``{name: module}`` selection of a :class:`~prunelab.pruner.Pruner`.
         exclude: pattern(s) to leave out.
@@ -174,7 +174,9 @@ class DynamicSurgery(Callback):
             self.layers = select_layers(model, layers, exclude=exclude)
         if not self.layers:
             raise ValueError("DynamicSurgery has no layers to operate on")
-        self.c = layer_amounts(c, list(self.layers), "q", what="c")
+        # crate may be negative (a lower bound under the mean |w|): any finite number
+        self.c = per_layer_values(c, list(self.layers), what="c", low=-math.inf,
+                                  high=math.inf, high_inclusive=False)
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin={margin!r} is out of range; allowed: [0.0, 1.0)")
         surgery_probability(0, gamma, power)  # validates gamma and power

@@ -642,11 +642,13 @@ def tradeoff_curves(
 
     def style(label: str) -> dict[str, Any]:
         # colour = regulariser (iterative its own), dashed = no retraining, as in the paper
-        color = ("tab:purple" if "iterative" in label else
-                 "tab:blue" if label.startswith("L1") else "tab:red")
+        color = ("tab:purple" if "iterative" in label else "tab:green" if "gradual" in label
+                 else "tab:orange" if "surgery" in label
+                 else "tab:blue" if label.startswith("L1") else "tab:red")
         dashed = "no retrain" in label
-        return {"color": color, "ls": "--" if dashed else "-",
-                "marker": "o" if dashed else ("^" if "iterative" in label else "s"), "ms": 4}
+        marker = ("o" if dashed else "^" if "iterative" in label else "D" if "gradual" in label
+                  else "v" if "surgery" in label else "s")
+        return {"color": color, "ls": "--" if dashed else "-", "marker": marker, "ms": 4}
 
     zoom = baseline is not None
     nrows = 2 if zoom else 1
@@ -654,11 +656,13 @@ def tradeoff_curves(
     for row in range(nrows):
         for ax, split in zip(axes[row], ("val", "test"), strict=True):
             for label, pts in curves.items():
-                pts = sorted(pts, key=lambda r: r["fraction"])
+                # the x is the sparsity reached (surgery ends near, not at, its fraction)
+                xkey = "sparsity" if all("sparsity" in p for p in pts) else "fraction"
+                pts = sorted(pts, key=lambda r: r[xkey])
                 ys = [100 * p[f"{split}_accuracy"] for p in pts]
                 if baseline is not None:
                     ys = [y - 100 * baseline[split] for y in ys]
-                ax.plot([100 * p["fraction"] for p in pts], ys, label=label, **style(label))
+                ax.plot([100 * p[xkey] for p in pts], ys, label=label, **style(label))
             ax.set_xlabel("parameters pruned away (%)")
             ax.set_ylabel("accuracy change vs dense L2 model (points)" if baseline is not None
                           else "accuracy (%)")
