@@ -240,7 +240,8 @@ class Pruner:
                 selected layers together with ``scope="global"``), ``"random"`` (``amount``
                 is the target sparsity, entries chosen at random), ``"nm"`` (N:M
                 semi-structured, options ``n``/``m``; ``amount`` in ``[0, 1 - n/m]``,
-                :mod:`prunelab.criteria.nm`).
+                :mod:`prunelab.criteria.nm`), ``"block_magnitude"`` (whole blocks, option
+                ``block``; :mod:`prunelab.criteria.blocks`).
             amount: one value or ``{pattern: value}`` (later patterns override earlier ones):
                 ``q`` or a sparsity, as the criterion's ``amount_kind`` says.
             layers: restrict this step to some of the Pruner's layers (glob patterns).

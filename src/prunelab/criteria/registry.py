@@ -1,7 +1,7 @@
 """Criteria by name: register a :class:`~prunelab.criteria.base.Criterion`, look it up.
 
 Built-ins (registered when :mod:`prunelab.criteria` is imported): ``std``, ``magnitude``,
-``random``, ``nm`` (weights) and ``l1_filter``, ``bn_scale`` (alias
+``random``, ``nm``, ``block_magnitude`` (weights) and ``l1_filter``, ``bn_scale`` (alias
 ``slimming``), ``thinet`` (channels). Options of a criterion are its constructor's arguments
 and are checked by name.
 
@@ -106,7 +106,7 @@ def available_criteria(granularity: str | None = None) -> tuple[str, ...]:
 
     Example:
         >>> available_criteria("weight")
-        ('magnitude', 'nm', 'random', 'std')
+        ('block_magnitude', 'magnitude', 'nm', 'random', 'std')
     """
     return tuple(
         sorted(n for n, c in _REGISTRY.items() if granularity in (None, c.granularity))
