@@ -51,9 +51,12 @@ def _first_half(shape: torch.Size) -> torch.Tensor:
 
 def test_builtins_are_registered_with_their_kinds():
     assert available_criteria() == (
-        "bn_scale", "dns", "l1_filter", "magnitude", "random", "slimming", "std", "thinet",
+        "block_magnitude", "bn_scale", "dns", "l1_filter", "magnitude", "nm", "random",
+        "slimming", "std", "thinet",
     )  # fmt: skip
-    assert available_criteria("weight") == ("dns", "magnitude", "random", "std")
+    assert available_criteria("weight") == (
+        "block_magnitude", "dns", "magnitude", "nm", "random", "std",
+    )  # fmt: skip
     assert criterion_class("dns").amount_kind == "q"
     assert criterion_class("slimming") is criterion_class("bn_scale") is BNScale
     assert criterion_class("std").amount_kind == "q"
@@ -62,9 +65,9 @@ def test_builtins_are_registered_with_their_kinds():
 
 
 def test_unknown_name_lists_the_registered_ones():
-    with pytest.raises(ValueError, match=r"'magnitud' is unknown; registered criteria: bn_scale, "
-                                         r"dns, l1_filter, magnitude, random, slimming, std, "
-                                         r"thinet"):
+    with pytest.raises(ValueError, match=r"'magnitud' is unknown; registered criteria: "
+                                         r"block_magnitude, bn_scale, dns, l1_filter, magnitude, "
+                                         r"nm, random, slimming, std, thinet"):
         get_criterion("magnitud")
 
 
@@ -200,7 +203,8 @@ def test_floor_needs_scores(mlp):
         (KeepFirst, {}, TypeError, r"pass a criterion instance, KeepFirst\(\), not the class"),
         (KeepFirst(), {"reverse": True}, ValueError, r"only used with a criterion name"),
         ("l1_filter", {}, ValueError, r"'l1_filter' is a channel criterion; a weight criterion "
-                                      r"is needed here: dns, magnitude, random, std"),
+                                      r"is needed here: block_magnitude, dns, magnitude, nm, "
+                                      r"random, std"),
         (3, {}, TypeError, r"registered name or a Criterion instance, got 3"),
         ("magnitude", {"power": 2}, ValueError, r"no option 'power'"),
     ],

@@ -171,6 +171,8 @@ class Pruner:
             raise ValueError("scope='global' takes one sparsity for all layers, not a mapping")
         names = list(self._subset(layers))
         amounts = layer_amounts(amount, names, crit.amount_kind)
+        for value in dict.fromkeys(amounts.values()):
+            crit.check_amount(value)
         floors = per_layer_values(min_density, names, what="min_density", high=1.0)
         return _Plan(crit, tuple(names), amounts, floors, scope, amount)
 
@@ -197,8 +199,10 @@ class Pruner:
             ValueError: unknown criterion (the message lists the registered ones) or option,
                 a channel criterion, unknown scope, ``scope="global"`` with a criterion without
                 scores or with a ``q`` amount, a mapping with ``scope="global"``, ``q``
-                negative or not finite, a sparsity outside ``[0, 1)``, ``min_density`` outside
-                ``[0, 1]``, a layer pattern or mapping pattern that matches no layer.
+                negative or not finite, a sparsity outside ``[0, 1)`` (or outside what the
+                criterion's ``check_amount`` allows, e.g. ``[0, 1 - n/m]`` for ``"nm"``),
+                ``min_density`` outside ``[0, 1]``, a layer pattern or mapping pattern that
+                matches no layer.
             TypeError: ``method`` is neither a registered name nor a criterion instance.
 
         Example:
@@ -234,7 +238,10 @@ class Pruner:
                 (``amount`` is the quality parameter ``q``: prune ``|w| < q * std``),
                 ``"magnitude"`` (``amount`` is the target sparsity of each layer, or of all
                 selected layers together with ``scope="global"``), ``"random"`` (``amount``
-                is the target sparsity, entries chosen at random).
+                is the target sparsity, entries chosen at random), ``"nm"`` (N:M
+                semi-structured, options ``n``/``m``; ``amount`` in ``[0, 1 - n/m]``,
+                :mod:`prunelab.criteria.nm`), ``"block_magnitude"`` (whole blocks, option
+                ``block``; :mod:`prunelab.criteria.blocks`).
             amount: one value or ``{pattern: value}`` (later patterns override earlier ones):
                 ``q`` or a sparsity, as the criterion's ``amount_kind`` says.
             layers: restrict this step to some of the Pruner's layers (glob patterns).

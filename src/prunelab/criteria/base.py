@@ -9,7 +9,8 @@ Torch-Pruning's ``Importance``) implements one of:
 * ``compute_mask(tensor, amount, current, context) -> BoolTensor``: the keep-mask itself,
   for rules that are not "keep the top k", such as Han's threshold ``|w| >= q * std``.
 
-A score criterion gets ``compute_mask`` for free (keep the top ``n - round(amount * n)``).
+A score criterion gets ``compute_mask`` for free (keep the top ``n - round(amount * n)``);
+``check_amount`` may refuse amounts a criterion cannot take (``nm``: above ``1 - n/m``).
 Class attributes say how a criterion is used: ``amount_kind`` (``"q"``: a threshold factor
 ``>= 0``; ``"sparsity"``: the fraction pruned), ``granularity`` (``"weight"``: entries of a
 weight tensor, used by :class:`prunelab.pruner.Pruner`; ``"channel"``: output units of a
@@ -171,6 +172,17 @@ class Criterion:
         keep = keep_count(int(torch.Size(self.mask_shape(tensor)).numel()), amount)
         s = checked_scores(self, tensor, context)
         return keep_top(s, keep, alive_mask(s, current), ties=self.ties)
+
+    def check_amount(self, amount: float) -> None:
+        """Refuse an amount inside ``amount_kind``'s range that this criterion cannot take.
+
+        Nothing here. :meth:`prunelab.pruner.Pruner.check_step` calls it (after checking the
+        range), so a whole schedule is validated before any training.
+
+        Raises:
+            ValueError: in a subclass, e.g. ``nm`` above ``1 - n/m``.
+        """
+        return None
 
     def threshold(
         self, tensor: torch.Tensor, amount: float, keep: torch.Tensor, context: Context

@@ -1,8 +1,9 @@
 """Criteria by name: register a :class:`~prunelab.criteria.base.Criterion`, look it up.
 
 Built-ins (registered when :mod:`prunelab.criteria` is imported): ``std``, ``magnitude``,
-``random`` (weights) and ``l1_filter``, ``bn_scale`` (alias ``slimming``), ``thinet``
-(channels). Options of a criterion are its constructor's arguments and are checked by name.
+``random``, ``nm``, ``block_magnitude`` (weights) and ``l1_filter``, ``bn_scale`` (alias
+``slimming``), ``thinet`` (channels). Options of a criterion are its constructor's arguments
+and are checked by name.
 
 Example:
     >>> import torch
@@ -105,7 +106,7 @@ def available_criteria(granularity: str | None = None) -> tuple[str, ...]:
 
     Example:
         >>> available_criteria("weight")
-        ('dns', 'magnitude', 'random', 'std')
+        ('block_magnitude', 'dns', 'magnitude', 'nm', 'random', 'std')
     """
     return tuple(
         sorted(n for n, c in _REGISTRY.items() if granularity in (None, c.granularity))

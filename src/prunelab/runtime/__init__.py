@@ -1,10 +1,11 @@
-"""Sparse inference for pruned models on CPU.
+"""Sparse inference for pruned models: CPU kernels, and 2:4 tensor cores on NVIDIA GPUs.
 
 ``PackedLinear`` / ``PackedConv2d`` run pruned layers on prunelab's C++ kernels (panelled CSR,
 16-bit indices, AVX2/AVX-512, :mod:`prunelab.runtime.native` builds them);
 ``SparseLinear`` runs torch's MKL CSR with int32 indices; ``compile_sparse`` makes pruning
 permanent on a copy of a model and swaps in a sparse layer only where it measures faster
-than dense on the example input.
+than dense on the example input. ``to_semi_structured`` gives 2:4-pruned Linear layers on a
+GPU torch's semi-structured weights (:mod:`prunelab.runtime.semi_structured`).
 
 Example:
     >>> import torch
@@ -33,14 +34,23 @@ from prunelab.runtime.kernels import (
     make_csr,
 )
 from prunelab.runtime.packed import PackedConv2d, PackedLinear
+from prunelab.runtime.semi_structured import (
+    SemiStructuredLayer,
+    SemiStructuredReport,
+    check_semi_structured,
+    to_semi_structured,
+)
 
 __all__ = [
     "INDEX_DTYPES",
     "LayerDecision",
     "PackedConv2d",
     "PackedLinear",
+    "SemiStructuredLayer",
+    "SemiStructuredReport",
     "SparseLinear",
     "SparseModel",
+    "check_semi_structured",
     "compile_sparse",
     "csr_bytes",
     "deepcopy_pruned",
@@ -49,4 +59,5 @@ __all__ = [
     "make_pruning_permanent",
     "measure_samples_us",
     "measure_us",
+    "to_semi_structured",
 ]
