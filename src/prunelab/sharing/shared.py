@@ -38,7 +38,10 @@ pruning) is followed: newly pruned members leave their cluster at the next backw
 or snap; entries unpruned later stay zero until the next :meth:`attach`.
 
 The sums are exact integer sums (:func:`~prunelab.sharing.kmeans.cluster_sums`): the same
-bits on CPU and CUDA whatever the order of the additions, and no host synchronisation.
+bits on CPU and CUDA whatever the order of the additions. The gradient hook needs no host
+synchronisation; the snap one per layer on CUDA (is everything already shared?). Pass the
+optimizer to :meth:`~WeightSharing.attach` when it already holds state: the separate
+weights' momentum would otherwise pull the members of a cluster apart until each snap.
 
 Example:
     >>> import torch
