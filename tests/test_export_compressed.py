@@ -1,10 +1,11 @@
 """Deep Compression's format: codebook + Huffman-coded cluster indices and relative indices,
-in the compact safetensors container."""
+in the compact safetensors container, its size table and the command line."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -18,19 +19,26 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import prune
 
+from prunelab.cli import main
 from prunelab.export import (
     CodebookSizeError,
     ExportFormatError,
     codebook_of,
+    compressed_size_table,
     decode_compressed,
     effective_state_dict,
     encode_compressed,
     export_model,
+    format_compressed_size_table_markdown,
+    format_deep_compression_comparison,
     load_compact,
     read_compact_header,
     save_compact,
+    size_table,
 )
+from prunelab.modelfile import load_any_model, save_model_file
 from prunelab.models import build_model
+from prunelab.paper import DEEP_COMPRESSION
 from prunelab.pruner import Pruner
 
 # ----------------------------------------------------------------------------- helpers
@@ -417,3 +425,198 @@ def test_flipped_bit_with_checksum_is_caught(good_file: Path, tmp_path: Path) ->
     bad.write_bytes(bytes(data))
     with pytest.raises(ExportFormatError, match="SHA-256"):
         load_compact(bad)
+
+
+# ----------------------------------------------------------------------------- size table
+
+
+def test_size_table_sums_equal_the_file_payload(tmp_path: Path) -> None:
+    model = shared_convnet()
+    path = export_model(model, tmp_path / "c.safetensors", format="compressed")
+    table = compressed_size_table(model)
+    assert table.compressed_bytes == file_payload(path)
+    layers, total = table.rows[:-1], table.total
+    assert total.compressed_bytes + table.other_bytes == table.compressed_bytes
+    with safe_open(str(path), framework="pt") as handle:
+        def size(key: str) -> int:
+            return handle.get_tensor(key).numel() * handle.get_tensor(key).element_size()
+        for row in layers:
+            assert row.value_bytes == size(f"{row.name}/cluster_stream")
+            assert row.index_bytes == size(f"{row.name}/gap_stream")
+            assert row.codebook_bytes == size(f"{row.name}/codebook")
+            assert row.table_bytes == (size(f"{row.name}/cluster_code_lengths")
+                                       + size(f"{row.name}/gap_code_lengths"))
+            assert row.bias_bytes == size(row.name.replace("weight", "bias"))
+        bn = sum(size(k) for k in handle.keys() if k.startswith("bn1."))  # noqa: SIM118
+    assert table.other_bytes == bn > 0
+    for field in ("weights", "nonzero", "entries", "fillers", "value_bytes", "index_bytes",
+                  "codebook_bytes", "table_bytes", "bias_bytes", "compressed_bytes",
+                  "dense_bytes"):
+        assert getattr(total, field) == sum(getattr(r, field) for r in layers), field
+    params = sum(p.numel() for n, p in build_convnet().named_parameters() if "bn1" not in n)
+    assert total.dense_bytes == 4 * params
+    lines = format_compressed_size_table_markdown(table).splitlines()
+    assert lines[7].startswith("| other tensors |")
+    assert lines[7].endswith(f"| {table.other_bytes} | {table.other_bytes} | | |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines[:8])
+
+
+def test_size_table_stages_and_ratios() -> None:
+    model = shared_lenet300()
+    table = compressed_size_table(model)
+    han = size_table(model, "han")
+    biases = sum(4 * m.bias.numel() for m in (model.fc1, model.fc2, model.fc3))
+    assert table.dense_bytes == 266_610 * 4
+    assert table.pruned_bytes == han[-1].compact_bytes + biases
+    assert table.dense_bytes > table.pruned_bytes > table.quantized_bytes > table.compressed_bytes
+    assert table.ratio == pytest.approx(
+        table.pruning_ratio * table.quantization_ratio * table.huffman_ratio)
+    assert table.quantization_huffman_ratio == pytest.approx(
+        table.quantization_ratio * table.huffman_ratio)
+    for row in table.rows[:-1]:
+        # Huffman never loses to the fixed widths it replaces (an optimal prefix code)
+        symbols = row.codebook_size + (1 if row.fillers else 0)
+        assert row.value_bytes <= math.ceil(row.entries * (symbols - 1).bit_length() / 8)
+        assert row.index_bytes <= math.ceil(row.entries * 5 / 8)
+        assert row.bits_per_nonzero == pytest.approx(
+            (row.compressed_bytes - row.bias_bytes) * 8 / row.nonzero)
+    with pytest.raises(ValueError, match="compressed_size_table"):
+        size_table(model, "compressed")
+
+
+def test_size_table_hand_computed() -> None:
+    w = torch.zeros(2, 40)
+    w[0, 0], w[1, 39] = 0.5, -0.25  # 78 zeros between: 2 fillers at 5 bits
+    table = compressed_size_table({"fc.weight": w, "fc.bias": torch.ones(2)}, cluster_bits=1)
+    row = table.rows[0]
+    assert (row.entries, row.fillers, row.codebook_size) == (4, 2, 2)
+    # clusters: -0.25 once, 0.5 once, filler twice -> lengths 2, 2, 1: 6 bits -> 1 byte
+    # gaps: 0 once, 31 twice, 14 once -> 6 bits -> 1 byte; gap table holds codes 0..31
+    assert (row.value_bytes, row.index_bytes, row.codebook_bytes) == (1, 1, 8)
+    assert row.table_bytes == 3 + 32 and row.bias_bytes == 8
+    assert row.compressed_bytes == 1 + 1 + 8 + 35 + 8 == table.compressed_bytes
+    assert row.dense_bytes == 4 * 82 == table.dense_bytes
+    assert table.pruned_bytes == 4 * 4 + 3 + 8  # Han: 4 fp32 entries, 20 bits of indices
+    assert table.quantized_bytes == 1 + 3 + 8 + 8  # 2-bit clusters (3 symbols), 5-bit gaps
+
+
+def test_size_table_markdown_and_comparison() -> None:
+    model = shared_lenet300()
+    table = compressed_size_table(model)
+    text = format_compressed_size_table_markdown(table)
+    lines = text.splitlines()
+    assert lines[0].startswith("| layer | shape | weights | nonzero | kept % | entries |")
+    assert [ln.split(" | ")[0] for ln in lines[2:6]] == ["| fc1.weight", "| fc2.weight",
+                                                         "| fc3.weight", "| **total**"]
+    assert lines[5].split(" | ")[15] == str(table.compressed_bytes)
+    assert all(ln.count("|") == lines[0].count("|") for ln in lines[:6])
+    assert f"| + Huffman coding (this file) | {table.compressed_bytes} |" in text
+    assert f"pruning contributes {table.pruning_ratio:.2f}x" in text
+    comparison = format_deep_compression_comparison(table, "lenet300")
+    ours, paper = comparison.splitlines()[2:]
+    assert ours.startswith(f"| this file | 1066.4 | {table.compressed_bytes / 1000:.1f} |")
+    ref = DEEP_COMPRESSION["lenet300"]
+    assert paper == (f"| Deep Compression (Han et al. 2016, LeNet-300-100) | "
+                     f"{ref['dense_kb']:.1f} | {ref['compressed_kb']:.1f} | 40x |")
+    assert format_deep_compression_comparison(table, "vgg16") is None
+
+
+def test_size_table_refuses_unshared_layers() -> None:
+    with pytest.raises(CodebookSizeError, match=r"'fc1\.weight' has"):
+        compressed_size_table(build_model("lenet300"))
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "model.safetensors"
+    save_model_file(path, shared_lenet300(seed=2), {"name": "lenet300", "kwargs": {}},
+                    dataset={"name": "mnist", "mean": 0.1307, "std": 0.3081, "subset": 500})
+    return path
+
+
+def test_cli_export_and_evaluate_give_the_same_error(model_file: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "lenet300.compressed.safetensors"
+    assert main(["export", str(model_file), "--format", "compressed", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| fc1.weight | 300x784 |" in printed and "+ Huffman coding (this file)" in printed
+    assert "Deep Compression (Han et al. 2016, LeNet-300-100)" in printed
+    model, _ = load_any_model(model_file)
+    assert f"{file_payload(out)}" in printed  # the table's total is the file's payload
+    assert compressed_size_table(model).compressed_bytes == file_payload(out)
+
+    assert main(["evaluate", str(model_file), "--json"]) == 0
+    source = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(out), "--json"]) == 0
+    decoded = json.loads(capsys.readouterr().out)
+    assert decoded == source  # test error and parameter counts, exactly
+    assert 0 < source["params_nonzero"] < source["params_total"] == 266_610
+
+    loaded, info = load_any_model(out)
+    assert info["source"] == str(model_file)
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_cli_export_options(model_file: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "e.safetensors"
+    assert main(["export", str(model_file), "--format", "compressed", "--out", str(out),
+                 "--index-bits", "fc=4,fc3=6", "--cluster-bits", "6"]) == 0
+    layers = read_compact_header(out)["layers"]
+    assert {k: (v["index_bits"], v["cluster_bits"]) for k, v in layers.items()} == {
+        "fc1.weight": (4, 6), "fc2.weight": (4, 6), "fc3.weight": (6, 6)}
+    capsys.readouterr()
+    cases = [
+        (["--format", "han", "--cluster-bits", "5"], "--cluster-bits applies to --format "
+         "compressed only"),
+        (["--format", "compressed", "--value-dtype", "float16"], "codebooks are float32"),
+        (["--format", "compressed", "--cluster-bits", "16"], "--cluster-bits 16 is out of range"),
+        (["--format", "compressed", "--cluster-bits", "fc9=4"], "--cluster-bits names unknown "
+         "layers ['fc9']"),
+        (["--format", "csr", "--index-bits", "5"], "--index-bits applies to --format han and "
+         "compressed only"),
+        (["--format", "compressed", "--cluster-bits", "fc=2"], "nonzero values (limit 4, "
+         "2-bit codebook); layer 'fc2.weight' has"),
+    ]
+    for extra, needle in cases:
+        assert main(["export", str(model_file), "--out", str(tmp_path / "x.safetensors"),
+                     *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("prunelab: error: ") and needle in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_refuses_a_model_that_is_not_weight_shared(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "dense.safetensors"
+    save_model_file(path, build_model("lenet300"), {"name": "lenet300", "kwargs": {}},
+                    dataset={"name": "mnist"})
+    assert main(["export", str(path), "--format", "compressed",
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"layer 'fc1\.weight' has [\d,]{7} distinct nonzero values \(limit 32, "
+                     r"5-bit codebook\); layer 'fc2\.weight' has", err), err
+    assert "share the weights first" in err and "prunelab.sharing" in err
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_bits_per_weight_on_a_snapped_lenet300() -> None:
+    """A measured figure, pinned loosely. LeNet-300-100 at random init, magnitude-pruned to 8%,
+    32 values per layer at quantiles of the survivors: the clusters are near uniform (~5.0
+    bits per entry, 32 values and the filler), the gaps geometric-like (~4.7 bits per entry,
+    below the fixed 5), and 7.5% of the entries are fillers: ~10.4 bits per nonzero."""
+    table = compressed_size_table(shared_lenet300())
+    total = table.total
+    assert total.fillers / total.entries == pytest.approx(0.07, abs=0.02)
+    assert 4.3 < total.index_bytes * 8 / total.entries < 5.0
+    assert 4.9 < total.value_bytes * 8 / total.entries < 5.2
+    assert 9.5 < (total.value_bytes + total.index_bytes) * 8 / total.nonzero < 11.0
+    assert table.quantized_bytes > table.compressed_bytes

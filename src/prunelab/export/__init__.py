@@ -60,7 +60,16 @@ from prunelab.export.relative_index import (
     relative_entry_counts,
     unpack_bits,
 )
-from prunelab.export.size_table import LayerSize, format_size_table_markdown, size_table
+from prunelab.export.size_table import (
+    CompressedLayerSize,
+    CompressedSizeTable,
+    LayerSize,
+    compressed_size_table,
+    format_compressed_size_table_markdown,
+    format_deep_compression_comparison,
+    format_size_table_markdown,
+    size_table,
+)
 
 __all__ = [
     "FORMATS",
@@ -68,6 +77,8 @@ __all__ = [
     "CodebookSizeError",
     "CompactFormat",
     "CompressedEncoded",
+    "CompressedLayerSize",
+    "CompressedSizeTable",
     "CsrEncoded",
     "ExportFormatError",
     "HuffmanCoded",
@@ -78,6 +89,7 @@ __all__ = [
     "canonical_codes",
     "check_onnx",
     "codebook_of",
+    "compressed_size_table",
     "compressible_weight_names",
     "csr_matrix_shape",
     "decode_compressed",
@@ -90,6 +102,8 @@ __all__ = [
     "encode_relative",
     "export_model",
     "export_onnx",
+    "format_compressed_size_table_markdown",
+    "format_deep_compression_comparison",
     "format_size_table_markdown",
     "huffman_code_lengths",
     "huffman_decode",
