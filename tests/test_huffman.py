@@ -187,6 +187,8 @@ def test_ties_are_broken_by_symbol() -> None:
     # three equal counts: one symbol gets 1 bit, the smallest one
     assert huffman_code_lengths(np.array([3, 3, 3])).tolist() == [1, 2, 2]
     assert huffman_code_lengths(np.array([0, 7, 7, 7])).tolist() == [0, 1, 2, 2]
+    # a leaf before an internal node of equal weight: the flat tree, not 1-2-3-3 (same cost)
+    assert huffman_code_lengths(np.array([1, 1, 2, 2])).tolist() == [2, 2, 2, 2]
 
 
 def test_edge_cases() -> None:
