@@ -53,6 +53,25 @@ def build_convnet(seed: int = 0) -> nn.Sequential:
     )
 
 
+def share_weights(model: nn.Module, clusters: dict[type, int]) -> nn.Module:
+    """Weight sharing for tests, in place: snap the surviving weights of every module of a type
+    in ``clusters`` to ``clusters[type]`` centroids at quantiles of those weights (Deep
+    Compression's density-based initialisation, without k-means steps), so that a pruned
+    random layer uses all its values, as a trained one would."""
+    with torch.no_grad():
+        for module in model.modules():
+            k = next((n for kind, n in clusters.items() if isinstance(module, kind)), None)
+            if k is None:
+                continue
+            weight = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+            mask = getattr(module, "weight_mask", torch.ones_like(weight))
+            kept = weight[mask != 0]
+            centroids = torch.quantile(kept, torch.linspace(0, 1, k)).unique()
+            centroids = centroids[centroids != 0]
+            weight.copy_(centroids[(weight[..., None] - centroids).abs().argmin(-1)])
+    return model
+
+
 def make_data(n_train: int = 96, n_val: int = 32, classes: int = 4, seed: int = 0) -> TensorSplits:
     """Linearly separable 1x8x8 images: a fixed random template per class plus small noise."""
     g = torch.Generator().manual_seed(seed)

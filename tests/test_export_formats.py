@@ -431,7 +431,7 @@ def test_export_index_bits_override_and_half_values(tmp_path: Path) -> None:
     assert torch.equal(state["0.bias"], model[0].bias)  # other tensors keep their dtype
     with pytest.raises(ValueError, match="unknown layer"):
         export_model(model, tmp_path / "x.safetensors", index_bits={"fc9": 4})
-    with pytest.raises(ValueError, match="format='han' only"):
+    with pytest.raises(ValueError, match="format='han' or 'compressed' only"):
         export_model(model, tmp_path / "x.safetensors", format="csr", index_bits=5)
     with pytest.raises(ValueError, match="format="):
         export_model(model, tmp_path / "x.safetensors", format="coo")  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """Property-based fuzzing of every file prunelab opens (hypothesis).
 
-Two kinds of damage, on valid model files, compact exports (han, csr, dense), pipeline
+Two kinds of damage, on valid model files, compact exports (han, csr, dense, compressed), pipeline
 checkpoints and YAML configs:
 
 - *corruption*: truncation, bit flips, overwritten header bytes (a copy damaged on disk or in
@@ -30,7 +30,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from conftest import build_mlp, make_config, make_data  # noqa: E402
+from conftest import build_mlp, make_config, make_data, share_weights  # noqa: E402
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -74,6 +74,9 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for fmt in ("han", "csr", "dense"):
         files[fmt] = export_model(model, d / f"{fmt}.safetensors", format=fmt,
                                   metadata={"model": SPEC})
+    shared = share_weights(copy.deepcopy(model), {torch.nn.Linear: 32})
+    files["compressed"] = export_model(shared, d / "compressed.safetensors", format="compressed",
+                                       metadata={"model": SPEC})
     run = d / "run"
     HanPipeline(build_mlp(), _ck_config(), make_data(), run_dir=run).run()
     files["checkpoint"] = run / CHECKPOINT_NAME
@@ -138,7 +141,7 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         a[k].dtype == b[k].dtype and _identical(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("kind", ["model", "han", "csr", "dense", "checkpoint"])
+@pytest.mark.parametrize("kind", ["model", "han", "csr", "dense", "compressed", "checkpoint"])
 @FUZZ
 @given(data=st.data())
 def test_corrupted_files_load_identically_or_raise(originals: dict[str, Path], kind: str,
@@ -247,7 +250,7 @@ def test_hostile_model_files_load_or_raise(originals: dict[str, Path], tmp_path:
     assert all(_identical(state[k], tensors[k]) for k in state)
 
 
-@pytest.mark.parametrize("fmt", ["han", "csr", "dense"])
+@pytest.mark.parametrize("fmt", ["han", "csr", "dense", "compressed"])
 @FUZZ
 @given(data=st.data())
 def test_hostile_exports_load_or_raise(originals: dict[str, Path], fmt: str, tmp_path: Path,

@@ -257,7 +257,8 @@ def load_model_file(
 def load_any_model(
     path: str | Path, device: str = "cpu", *, allow_import: Trust = False
 ) -> tuple[torch.nn.Module, dict]:
-    """Load a model file, or a compact export (Han relative-index, CSR, dense) of one.
+    """Load a model file, or a compact export (Han relative-index, CSR, dense, compressed)
+    of one.
 
     Raises:
         prunelab.checkpoint.CheckpointError: not a prunelab model or export file.

@@ -1,4 +1,5 @@
-"""The numbers of Han et al. 2015 that prunelab is measured against (REFERENCE.md).
+"""The numbers of Han et al. 2015 that prunelab is measured against (REFERENCE.md), and
+Deep Compression's (Han et al. 2016) storage figures for the two LeNets.
 
 Keys are registered model names (:func:`prunelab.models.build_model`), layer keys are module
 names of those models, so a run's per-layer table lines up with the paper's by name.
@@ -8,13 +9,15 @@ Example:
     12
     >>> PAPER["alexnet_caffe"]["layers"]["classifier.fc6"]["weights_kept"]
     9
+    >>> DEEP_COMPRESSION["lenet300"]["compression"]
+    40
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PAPER"]
+__all__ = ["DEEP_COMPRESSION", "PAPER"]
 
 # Table 1 and the per-layer Tables 2-5: weights (no biases), FLOP (2 x MAC), input-activation
 # density %, weights kept %, FLOP kept %. Test errors are top-1 %; the ImageNet entries add
@@ -128,5 +131,27 @@ PAPER: dict[str, dict[str, Any]] = {
         },
         "total": {"weights": 138_000_000, "flops": 30_940_000_000, "weights_kept": 7.5,
                   "flops_kept": 21},
+    },
+}
+
+# Deep Compression (Han et al. 2016, arXiv 1510.00149): pruning, k-means weight sharing and
+# Huffman coding. Storage in KB (1000 bytes; 266,610 fp32 parameters of LeNet-300-100 make
+# 1,066 KB, printed as 1070), biases included; errors are top-1 % on the MNIST test set.
+DEEP_COMPRESSION: dict[str, dict[str, Any]] = {
+    "lenet300": {
+        "network": "LeNet-300-100",
+        "test_error_dense": 1.64,
+        "test_error_compressed": 1.58,
+        "dense_kb": 1070,
+        "compressed_kb": 27,
+        "compression": 40,
+    },
+    "lenet5": {
+        "network": "LeNet-5",
+        "test_error_dense": 0.80,
+        "test_error_compressed": 0.74,
+        "dense_kb": 1720,
+        "compressed_kb": 44,
+        "compression": 39,
     },
 }

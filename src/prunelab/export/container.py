@@ -8,7 +8,12 @@ key such as ``"fc1.weight"``) is stored under keys ``"<name>/<field>"``:
 * ``"han"``: ``values`` (value dtype, 1-D) and ``indices`` (uint8, the bit-packed relative
   indices of :mod:`prunelab.export.relative_index`);
 * ``"csr"``: ``values``, ``col_indices`` (int32) and ``row_ptr`` (int32/int64);
-* ``"dense"``: ``values`` (value dtype, the layer's shape).
+* ``"dense"``: ``values`` (value dtype, the layer's shape);
+* ``"compressed"`` (Deep Compression, :mod:`prunelab.export.compressed`): ``codebook`` (float32,
+  the layer's distinct nonzero values), ``cluster_code_lengths`` and ``cluster_stream`` (uint8:
+  the Huffman table as code lengths, and the Huffman-coded codebook index of every entry),
+  ``gap_code_lengths`` and ``gap_stream`` (uint8: the same for the relative-index gap codes of
+  Han's format, fillers included).
 
 Other tensors (biases, BatchNorm parameters and buffers, ...) are stored as they are, under their
 own names. The safetensors ``__metadata__`` holds one JSON string under the key ``"prunelab"``::
@@ -20,6 +25,12 @@ own names. The safetensors ``__metadata__`` holds one JSON string under the key 
      "tensors": {"fc1.bias": {"shape": [300], "dtype": "float32"}, ...},
      "order": ["fc1.weight", "fc1.bias", ...],
      "metadata": {...the caller's dict, unchanged...}}
+
+A ``"compressed"`` layer's entry adds ``cluster_bits``, ``codebook_size``, ``cluster_nbits``
+and ``gap_nbits`` (exact bit lengths of the two streams) to the keys of a ``"han"`` one (its
+``value_dtype`` is ``"float32"``, the codebook's). Every count and size is checked against the
+arrays before anything is decoded, so a corrupt or hostile header is an error, not an
+allocation.
 """
 
 from __future__ import annotations
@@ -36,8 +47,16 @@ from torch import nn
 
 from prunelab.checkpoint import DIGEST_KEY, content_digest, write_safetensors_atomic
 from prunelab.errors import FileFormatError, one_line, short_repr
+from prunelab.export.compressed import (
+    MAX_CLUSTER_BITS,
+    CodebookSizeError,
+    CompressedEncoded,
+    decode_compressed,
+    encode_compressed,
+)
 from prunelab.export.csr import CsrEncoded, decode_csr, encode_csr
 from prunelab.export.relative_index import (
+    MAX_INDEX_BITS,
     RelativeEncoded,
     decode_relative,
     encode_relative,
@@ -63,26 +82,32 @@ __all__ = [
     "save_compact",
 ]
 
-CompactFormat = Literal["han", "csr", "dense"]
+CompactFormat = Literal["han", "csr", "dense", "compressed"]
 
 #: The formats :func:`save_compact` can write.
-FORMATS: tuple[str, ...] = ("han", "csr", "dense")
+FORMATS: tuple[str, ...] = ("han", "csr", "dense", "compressed")
 #: Version of the file layout written by this module; :func:`load_compact` reads versions <= it.
 FORMAT_VERSION = 1
 #: Key of the JSON header in the safetensors ``__metadata__`` map.
 METADATA_KEY = "prunelab"
 _MAGIC = "prunelab.compact"
-#: Han et al.'s index widths: 5 bits for fully connected layers, 8 for convolutions.
+#: Han et al.'s index widths: 5 bits for fully connected layers, 8 for convolutions. Deep
+#: Compression uses the same widths for its codebooks (32 shared weights FC, 256 conv).
 FC_INDEX_BITS = 5
 CONV_INDEX_BITS = 8
+#: Formats whose layers take a relative-index width (``index_bits``).
+_INDEXED_FORMATS = ("han", "compressed")
 
 _FIELDS: dict[str, tuple[str, ...]] = {
     "han": ("values", "indices"),
     "csr": ("values", "col_indices", "row_ptr"),
     "dense": ("values",),
+    "compressed": (
+        "codebook", "cluster_code_lengths", "cluster_stream", "gap_code_lengths", "gap_stream"
+    ),
 }
 
-LayerInput = torch.Tensor | RelativeEncoded | CsrEncoded
+LayerInput = torch.Tensor | RelativeEncoded | CsrEncoded | CompressedEncoded
 
 
 class ExportFormatError(FileFormatError):
@@ -179,17 +204,14 @@ def compressible_weight_names(model: nn.Module) -> dict[str, int]:
     return names
 
 
-def _resolve_index_bits(
+def _resolve_bits(
     layers: Mapping[str, LayerInput],
-    format: str,
-    index_bits: Mapping[str, int] | int | None,
-    defaults: Mapping[str, int] | None = None,
+    spec: Mapping[str, int] | int | None,
+    defaults: Mapping[str, int] | None,
+    what: str,
 ) -> dict[str, int]:
-    """Index width for every layer given as a tensor, or ``{}`` for formats without one."""
-    if format != "han":
-        if index_bits is not None:
-            raise ValueError(f"index_bits applies to format='han' only, got format={format!r}")
-        return {}
+    """A width for every layer given as a tensor: ``defaults`` (else 5 for 2-D, 8 otherwise),
+    overridden by ``spec`` (one int, or a dict by layer name or module name)."""
     result: dict[str, int] = {}
     for name, layer in layers.items():
         if isinstance(layer, torch.Tensor):
@@ -197,29 +219,67 @@ def _resolve_index_bits(
                 result[name] = defaults[name]
             else:
                 result[name] = default_index_bits(tuple(layer.shape))
-    if isinstance(index_bits, Mapping):
+    if isinstance(spec, Mapping):
         aliases = {name.removesuffix(".weight"): name for name in layers}
-        for key, bits in index_bits.items():
+        for key, bits in spec.items():
             target = key if key in layers else aliases.get(key)
             if target is None:
-                raise ValueError(
-                    f"index_bits names unknown layer {key!r}; layers are {list(layers)}"
-                )
+                raise ValueError(f"{what} names unknown layer {key!r}; layers are {list(layers)}")
             result[target] = bits
-    elif index_bits is not None:
-        result = dict.fromkeys(result, index_bits)
+    elif spec is not None:
+        result = dict.fromkeys(result, spec)
     return result
 
 
+def _resolve_index_bits(
+    layers: Mapping[str, LayerInput],
+    format: str,
+    index_bits: Mapping[str, int] | int | None,
+    defaults: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Index width for every layer given as a tensor, or ``{}`` for formats without one."""
+    if format not in _INDEXED_FORMATS:
+        if index_bits is not None:
+            raise ValueError(f"index_bits applies to format='han' or 'compressed' only, got "
+                             f"format={format!r}")
+        return {}
+    return _resolve_bits(layers, index_bits, defaults, "index_bits")
+
+
+def _resolve_cluster_bits(
+    layers: Mapping[str, LayerInput],
+    format: str,
+    cluster_bits: Mapping[str, int] | int | None,
+    defaults: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Codebook width for every layer given as a tensor (``"compressed"``), else ``{}``."""
+    if format != "compressed":
+        if cluster_bits is not None:
+            raise ValueError(f"cluster_bits applies to format='compressed' only, got "
+                             f"format={format!r}")
+        return {}
+    return _resolve_bits(layers, cluster_bits, defaults, "cluster_bits")
+
+
 def _encode_layer(
-    layer: LayerInput, format: str, bits: int | None, value_dtype: str
+    name: str,
+    layer: LayerInput,
+    format: str,
+    bits: int | None,
+    cluster_bits: int | None,
+    value_dtype: str,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Header entry and arrays (by field) of one layer."""
     if isinstance(layer, torch.Tensor):
+        if format in _INDEXED_FORMATS and bits is None:
+            # _resolve_index_bits gives every tensor layer a width
+            raise ValueError(f"no index width resolved for a {format!r} layer")
         if format == "han":
-            if bits is None:  # _resolve_index_bits gives every tensor layer a width
-                raise ValueError("no index width resolved for a 'han' layer")
             layer = encode_relative(layer, bits, value_dtype)
+        elif format == "compressed":
+            if cluster_bits is None:
+                raise ValueError("no codebook width resolved for a 'compressed' layer")
+            layer = encode_compressed(layer, bits, cluster_bits, name=name)
         elif format == "csr":
             layer = encode_csr(layer, value_dtype)
         else:
@@ -244,6 +304,29 @@ def _encode_layer(
             "num_fillers": layer.num_fillers,
         }
         return header, {"values": layer.values, "indices": layer.packed_indices}
+    if isinstance(layer, CompressedEncoded):
+        header = {
+            "encoding": "compressed",
+            "shape": list(layer.shape),
+            "dtype": layer.dtype,
+            "value_dtype": "float32",
+            "index_bits": layer.index_bits,
+            "cluster_bits": layer.cluster_bits,
+            "nnz": layer.nnz,
+            "num_entries": layer.num_entries,
+            "num_fillers": layer.num_fillers,
+            "codebook_size": layer.codebook_size,
+            "cluster_nbits": layer.cluster_nbits,
+            "gap_nbits": layer.gap_nbits,
+        }
+        arrays = {
+            "codebook": layer.codebook,
+            "cluster_code_lengths": layer.cluster_code_lengths,
+            "cluster_stream": layer.cluster_stream,
+            "gap_code_lengths": layer.gap_code_lengths,
+            "gap_stream": layer.gap_stream,
+        }
+        return header, arrays
     if isinstance(layer, CsrEncoded):
         header = {
             "encoding": "csr",
@@ -260,7 +343,8 @@ def _encode_layer(
         }
         return header, arrays
     raise TypeError(
-        f"a layer must be a torch.Tensor, RelativeEncoded or CsrEncoded, got {type(layer).__name__}"
+        "a layer must be a torch.Tensor, RelativeEncoded, CsrEncoded or CompressedEncoded, got "
+        f"{type(layer).__name__}"
     )
 
 
@@ -270,6 +354,7 @@ def save_compact(
     *,
     format: CompactFormat = "han",
     index_bits: Mapping[str, int] | int | None = None,
+    cluster_bits: Mapping[str, int] | int | None = None,
     value_dtype: str | torch.dtype = "float32",
     other_tensors: Mapping[str, torch.Tensor] | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -281,12 +366,19 @@ def save_compact(
         path: destination file; written via a temporary file in the same directory, fsync'd and
             moved into place with ``os.replace`` (a reader never sees a half-written file).
         layers: layer name -> dense weight (encoded with ``format``) or an already encoded
-            :class:`RelativeEncoded` / :class:`CsrEncoded` (stored in its own encoding).
-        format: ``"han"`` (relative indices), ``"csr"`` or ``"dense"``.
-        index_bits: ``"han"`` only: one width for all layers, or a dict by layer name (a name
-            without its ``".weight"`` suffix is accepted too); layers not named get 5 bits if 2-D,
-            8 otherwise.
-        value_dtype: dtype of stored values of layers given as tensors.
+            :class:`RelativeEncoded` / :class:`CsrEncoded` / :class:`CompressedEncoded`
+            (stored in its own encoding).
+        format: ``"han"`` (relative indices), ``"csr"``, ``"dense"`` or ``"compressed"``
+            (Deep Compression: codebook, Huffman-coded cluster indices and relative indices;
+            every layer given as a tensor must already be weight-shared).
+        index_bits: ``"han"`` and ``"compressed"`` only: one width for all layers, or a dict
+            by layer name (a name without its ``".weight"`` suffix is accepted too); layers not
+            named get 5 bits if 2-D, 8 otherwise.
+        cluster_bits: ``"compressed"`` only: a layer may have at most ``2**cluster_bits``
+            distinct nonzero values; an int or a dict as ``index_bits``; default 5 bits if 2-D,
+            8 otherwise (Deep Compression's 32 shared weights for FC, 256 for conv).
+        value_dtype: dtype of stored values of layers given as tensors (``"compressed"``:
+            ``"float32"`` only, the codebook's dtype).
         other_tensors: tensors stored as they are (biases, BatchNorm state, ...).
         metadata: a JSON-serialisable dict (model name, constructor kwargs, ...) stored unchanged
             and returned by :func:`load_compact`.
@@ -297,7 +389,10 @@ def save_compact(
 
     Raises:
         ValueError: unknown format/value dtype, bad index widths, ``index_bits`` with a format
-            other than ``"han"``, clashing names, or an ``order`` that does not list every name.
+            other than ``"han"``/``"compressed"``, clashing names, or an ``order`` that does not
+            list every name.
+        prunelab.export.CodebookSizeError: (a ``ValueError``) ``"compressed"`` layers with more
+            distinct nonzero values than their codebook holds, all named in one message.
         TypeError: a layer of an unsupported type or metadata that JSON cannot serialise.
 
     Example:
@@ -309,9 +404,13 @@ def save_compact(
     """
     _check_format(format)
     value_name, _ = resolve_value_dtype(value_dtype)
+    if format == "compressed" and value_name != "float32":
+        raise ValueError(f"format='compressed' stores float32 codebooks; value_dtype="
+                         f"{value_name!r} does not apply (use 'float32')")
     other_tensors = dict(other_tensors or {})
     metadata = dict(metadata or {})
     bits_by_layer = _resolve_index_bits(layers, format, index_bits)
+    cluster_by_layer = _resolve_cluster_bits(layers, format, cluster_bits)
 
     clash = set(layers) & set(other_tensors)
     if clash:
@@ -324,11 +423,19 @@ def save_compact(
 
     tensors: dict[str, torch.Tensor] = {}
     layer_headers: dict[str, dict[str, Any]] = {}
+    too_many: list[tuple[str, int, int]] = []
     for name, layer in layers.items():
-        header, arrays = _encode_layer(layer, format, bits_by_layer.get(name), value_name)
+        try:
+            header, arrays = _encode_layer(name, layer, format, bits_by_layer.get(name),
+                                           cluster_by_layer.get(name), value_name)
+        except CodebookSizeError as exc:  # go on, to name every such layer in one error
+            too_many.extend(exc.layers)
+            continue
         layer_headers[name] = header
         for field, array in arrays.items():
             tensors[f"{name}/{field}"] = array
+    if too_many:
+        raise CodebookSizeError(too_many)
     tensor_headers: dict[str, dict[str, Any]] = {}
     for name, tensor in other_tensors.items():
         if not isinstance(tensor, torch.Tensor):
@@ -366,6 +473,7 @@ def export_model(
     *,
     format: CompactFormat = "han",
     index_bits: Mapping[str, int] | int | None = None,
+    cluster_bits: Mapping[str, int] | int | None = None,
     value_dtype: str | torch.dtype = "float32",
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -380,9 +488,13 @@ def export_model(
     Args:
         model: the model.
         path: destination file (written atomically).
-        format: ``"han"``, ``"csr"`` or ``"dense"`` (plain tensors in ``value_dtype``).
-        index_bits: ``"han"`` only; default 5 for Linear and 8 for Conv weights; an int for all,
-            or a dict by weight key (``"fc1.weight"``) or module name (``"fc1"``).
+        format: ``"han"``, ``"csr"``, ``"dense"`` (plain tensors in ``value_dtype``) or
+            ``"compressed"`` (Deep Compression; the model must be weight-shared).
+        index_bits: ``"han"`` and ``"compressed"`` only; default 5 for Linear and 8 for Conv
+            weights; an int for all, or a dict by weight key (``"fc1.weight"``) or module name
+            (``"fc1"``).
+        cluster_bits: ``"compressed"`` only: at most ``2**cluster_bits`` distinct nonzero
+            values per layer; default 5 for Linear and 8 for Conv weights; an int or a dict.
         value_dtype: ``"float32"`` (lossless), ``"float16"`` or ``"bfloat16"``.
         metadata: JSON-serialisable dict stored unchanged (model name, constructor kwargs, ...).
 
@@ -390,7 +502,9 @@ def export_model(
         The path written.
 
     Raises:
-        ValueError, TypeError: as :func:`save_compact`.
+        ValueError, TypeError: as :func:`save_compact` (a
+            :class:`~prunelab.export.CodebookSizeError` names every layer that is not
+            weight-shared enough for ``"compressed"``).
 
     Example:
         >>> import tempfile, os
@@ -410,14 +524,14 @@ def export_model(
     non_tensors = [k for k, v in other.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
         raise TypeError(f"state entries that are not tensors cannot be exported: {non_tensors}")
-    bits = _resolve_index_bits(layers, format, index_bits, defaults) if format == "han" else None
-    if bits is None and index_bits is not None:
-        raise ValueError(f"index_bits applies to format='han' only, got format={format!r}")
+    bits = _resolve_index_bits(layers, format, index_bits, defaults)
+    clusters = _resolve_cluster_bits(layers, format, cluster_bits, defaults)
     return save_compact(
         path,
         layers,
         format=format,
-        index_bits=bits,
+        index_bits=bits or None,
+        cluster_bits=clusters or None,
         value_dtype=value_dtype,
         other_tensors=other,
         metadata=metadata,
@@ -542,6 +656,8 @@ def _layer_from_arrays(
                     dtype=dtype,
                 )
             )
+        elif encoding == "compressed":
+            dense = _compressed_from_arrays(info, shape, dtype, value_dtype, arrays)
         elif encoding == "dense":
             values = arrays["values"]
             if tuple(values.shape) != shape or values.dtype != value_torch_dtype:
@@ -557,6 +673,60 @@ def _layer_from_arrays(
     except (KeyError, TypeError, ValueError) as exc:
         raise _fail(path, f"layer {name!r} is corrupt or inconsistent: {exc}") from exc
     return dense
+
+
+def _header_int(info: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    """An integer header field in ``[low, high]`` (no bools, floats or strings)."""
+    value = info[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key}={short_repr(value)} is not an integer in [{low}, {high}]")
+    return value
+
+
+def _compressed_from_arrays(
+    info: Mapping[str, Any],
+    shape: tuple[int, ...],
+    dtype: str,
+    value_dtype: str,
+    arrays: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """Decode a ``"compressed"`` layer; the header's counts must match its arrays."""
+    if value_dtype != "float32":
+        raise ValueError(f"value_dtype {value_dtype!r}, expected 'float32' (the codebook's)")
+    codebook = arrays["codebook"]
+    size = _header_int(info, "codebook_size", 0, 1 << MAX_CLUSTER_BITS)
+    if tuple(codebook.shape) != (size,):
+        raise ValueError(f"{size} codebook values declared but 'codebook' has shape "
+                         f"{tuple(codebook.shape)}")
+    streams = {}
+    for field in ("cluster", "gap"):
+        nbits = _header_int(info, f"{field}_nbits", 0, 1 << 62)
+        stream = arrays[f"{field}_stream"]
+        if tuple(stream.shape) != ((nbits + 7) // 8,):
+            raise ValueError(f"'{field}_stream' has shape {tuple(stream.shape)}, expected "
+                             f"({(nbits + 7) // 8},) for {nbits} bits")
+        streams[field] = nbits
+    entries = _header_int(info, "num_entries", 0, 1 << 62)
+    fillers = _header_int(info, "num_fillers", 0, entries)
+    if "nnz" in info and _header_int(info, "nnz", 0, entries) != entries - fillers:
+        raise ValueError(f"nnz={info['nnz']} but {entries} entries with {fillers} fillers")
+    return decode_compressed(
+        CompressedEncoded(
+            codebook=codebook,
+            cluster_code_lengths=arrays["cluster_code_lengths"],
+            cluster_stream=arrays["cluster_stream"],
+            cluster_nbits=streams["cluster"],
+            gap_code_lengths=arrays["gap_code_lengths"],
+            gap_stream=arrays["gap_stream"],
+            gap_nbits=streams["gap"],
+            num_entries=entries,
+            num_fillers=fillers,
+            shape=shape,
+            index_bits=_header_int(info, "index_bits", 1, MAX_INDEX_BITS),
+            cluster_bits=_header_int(info, "cluster_bits", 1, MAX_CLUSTER_BITS),
+            dtype=dtype,
+        )
+    )
 
 
 def _check_claimed_sizes(path: Path, layers: Mapping[str, Any]) -> None:

@@ -47,6 +47,8 @@ __all__ = [
     "RelativeEncoded",
     "decode_relative",
     "encode_relative",
+    "entry_codes",
+    "entry_positions",
     "pack_bits",
     "packed_nbytes",
     "relative_entry_counts",
@@ -359,6 +361,63 @@ def _zero_runs(positions: np.ndarray) -> np.ndarray:
     return runs
 
 
+def entry_codes(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Relative-index codes of the stored entries (nonzeros and fillers) of sorted positions.
+
+    Args:
+        positions: 1-D ``int64`` array of the nonzeros' flat positions, strictly increasing.
+        index_bits: bits per relative index, 1..16.
+
+    Returns:
+        ``(codes, slots)``: ``uint16`` codes of all entries in stream order (fillers carry the
+        maximal code) and the entry slot of each nonzero.
+
+    Example:
+        >>> codes, slots = entry_codes(np.array([1, 9]), 2)
+        >>> codes.tolist(), slots.tolist()
+        ([1, 3, 3], [0, 2])
+    """
+    _check_bits(index_bits)
+    runs = _zero_runs(positions)
+    fillers = np.right_shift(runs, index_bits)  # z // 2**b fillers before each nonzero
+    # Output slot of each nonzero: its rank plus all fillers inserted up to and including it.
+    slots = np.arange(positions.size, dtype=np.int64) + np.cumsum(fillers)
+    num_entries = int(positions.size + (int(fillers.sum()) if fillers.size else 0))
+    codes = np.full(num_entries, (1 << index_bits) - 1, dtype=np.uint16)
+    codes[slots] = runs - np.left_shift(fillers, index_bits)
+    return codes, slots
+
+
+def entry_positions(codes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Flat positions of stored entries from their relative-index codes (inverse of
+    :func:`entry_codes`), checked against the tensor's size.
+
+    Args:
+        codes: 1-D array of codes, one per entry (fillers included).
+        shape: shape of the dense tensor.
+
+    Returns:
+        1-D ``int64`` array of positions, strictly increasing.
+
+    Raises:
+        ValueError: if the codes reach past the last element.
+
+    Example:
+        >>> entry_positions(np.array([1, 3, 3]), (10,)).tolist()
+        [1, 5, 9]
+    """
+    numel = math.prod(shape)
+    positions = np.cumsum(codes, dtype=np.int64)
+    positions += np.arange(1, positions.size + 1, dtype=np.int64)
+    positions -= 1
+    if positions.size and positions[-1] >= numel:
+        raise ValueError(
+            f"relative indices reach flat position {int(positions[-1])} but the tensor of shape "
+            f"{tuple(shape)} has only {numel} elements"
+        )
+    return positions
+
+
 def relative_entry_counts(weight: torch.Tensor, index_bits: int) -> tuple[int, int]:
     """Count nonzeros and fillers of a weight without building the encoding.
 
@@ -413,13 +472,8 @@ def encode_relative(
     value_name, value_torch_dtype = resolve_value_dtype(value_dtype)
     flat = _flat_weight(weight)
     positions = _nonzero_positions(flat)
-    runs = _zero_runs(positions)
-    fillers = np.right_shift(runs, index_bits)  # z // 2**b fillers before each nonzero
-    # Output slot of each nonzero: its rank plus all fillers inserted up to and including it.
-    slots = np.arange(positions.size, dtype=np.int64) + np.cumsum(fillers)
-    num_entries = int(positions.size + (int(fillers.sum()) if fillers.size else 0))
-    codes = np.full(num_entries, (1 << index_bits) - 1, dtype=np.uint16)
-    codes[slots] = runs - np.left_shift(fillers, index_bits)
+    codes, slots = entry_codes(positions, index_bits)
+    num_entries = int(codes.size)
     values = torch.zeros(num_entries, dtype=value_torch_dtype)
     values[torch.from_numpy(slots)] = flat[torch.from_numpy(positions)].to(value_torch_dtype)
     return RelativeEncoded(
@@ -473,14 +527,7 @@ def decode_relative(enc: RelativeEncoded) -> torch.Tensor:
         enc.packed_indices.detach().cpu().contiguous().numpy(), enc.index_bits, enc.num_entries
     )
     max_code = (1 << enc.index_bits) - 1
-    positions = np.cumsum(codes, dtype=np.int64)
-    positions += np.arange(1, codes.size + 1, dtype=np.int64)
-    positions -= 1
-    if positions.size and positions[-1] >= numel:
-        raise ValueError(
-            f"relative indices reach flat position {int(positions[-1])} but the tensor of shape "
-            f"{enc.shape} has only {numel} elements"
-        )
+    positions = entry_positions(codes, enc.shape)
     # Only entries with the maximal code can be fillers; a count above that is corrupt.
     if enc.num_fillers > int(np.count_nonzero(codes == max_code)):
         raise ValueError(f"num_fillers={enc.num_fillers} exceeds the entries that can be fillers")
