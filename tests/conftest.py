@@ -14,6 +14,7 @@ from torch import nn
 from prunelab.config import RunConfig, parse_config
 from prunelab.criteria import Context, Criterion, register_criterion, unregister_criterion
 from prunelab.data import TensorSplits
+from prunelab.sharing import share_weights as _share
 
 IMAGE = (1, 8, 8)
 
@@ -54,21 +55,23 @@ def build_convnet(seed: int = 0) -> nn.Sequential:
 
 
 def share_weights(model: nn.Module, clusters: dict[type, int]) -> nn.Module:
-    """Weight sharing for tests, in place: snap the surviving weights of every module of a type
-    in ``clusters`` to ``clusters[type]`` centroids at quantiles of those weights (Deep
-    Compression's density-based initialisation, without k-means steps), so that a pruned
-    random layer uses all its values, as a trained one would."""
-    with torch.no_grad():
-        for module in model.modules():
-            k = next((n for kind, n in clusters.items() if isinstance(module, kind)), None)
-            if k is None:
-                continue
-            weight = module.weight_orig if hasattr(module, "weight_orig") else module.weight
-            mask = getattr(module, "weight_mask", torch.ones_like(weight))
-            kept = weight[mask != 0]
-            centroids = torch.quantile(kept, torch.linspace(0, 1, k)).unique()
-            centroids = centroids[centroids != 0]
-            weight.copy_(centroids[(weight[..., None] - centroids).abs().argmin(-1)])
+    """Weight sharing for tests, in place: every module of a type in ``clusters`` gets
+    ``clusters[type]`` (a power of two) k-means centroids by :func:`prunelab.sharing.share_weights`
+    (density initialisation, so that a pruned random layer uses all its values, as a trained one
+    would). Returns the model."""
+    layers = [
+        name
+        for name, module in model.named_modules()
+        if any(isinstance(module, kind) for kind in clusters)
+    ]
+    bits = {
+        name: next(
+            n for kind, n in clusters.items() if isinstance(model.get_submodule(name), kind)
+        ).bit_length()
+        - 1
+        for name in layers
+    }
+    _share(model, bits, layers=layers, init="density")
     return model
 
 
@@ -120,8 +123,11 @@ SMALL_MNIST_RUN: dict[str, Any] = {
     "seed": 0,
     "threads": 1,
     "train": {"epochs": 2, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.05}},
-    "prune": {"method": "std", "dead_neurons": True,
-              "schedule": [{"q": 1.0, "epochs": 1}, {"q": 1.5, "epochs": 1}]},
+    "prune": {
+        "method": "std",
+        "dead_neurons": True,
+        "schedule": [{"q": 1.0, "epochs": 1}, {"q": 1.5, "epochs": 1}],
+    },
 }
 
 
