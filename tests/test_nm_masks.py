@@ -341,3 +341,15 @@ def test_a_schedule_above_one_minus_n_over_m_fails_before_any_training():
     with pytest.raises(ValueError, match=re.escape("prune.schedule[1]: sparsity=0.6 is out of "
                                                    "range for 4:8 masks; allowed: [0, 0.5]")):
         _pipeline([{"sparsity": 0.3, "epochs": 1}, {"sparsity": 0.6, "epochs": 1}])
+
+
+def test_zhu_gupta_gradual_iteration_ends_exactly_four_of_eight():
+    """The in-training cubic schedule (``gradual:``) with the N:M criterion: every pruning
+    point keeps an N:M-completable mask and the last one is exactly 4:8."""
+    result = _pipeline([{"sparsity": 0.5, "epochs": 4, "gradual": {"end": 0.5, "every": 1}}]
+                       ).run()
+    prunes = [e for e in result.events if e.kind == "prune"]
+    assert len(prunes) > 3 and all(e.schedule == "gradual" for e in prunes)
+    for name in ("fc1", "fc2", "fc3"):
+        layer = getattr(result.model, name)
+        assert is_nm_sparse(layer.weight, 4, 8) and sparsity(layer) == 0.5, name

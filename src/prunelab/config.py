@@ -287,6 +287,31 @@ class DynamicConfig(_Strict):
     stop: float = Field(1.0, gt=0, le=1, description="last mask update, fraction of the phase")
 
 
+class ShareConfig(_Strict):
+    """Weight sharing with centroid fine-tuning (Deep Compression, Han et al. 2016).
+
+    The iteration prunes nothing: at its start the surviving weights of each layer are
+    clustered by 1-D k-means (:class:`prunelab.sharing.WeightSharing`) and its ``epochs``
+    train only the centroids (the summed gradient of each cluster), masks kept. It is the
+    schedule's last iteration; ``prunelab export --format compressed`` then codes the model.
+    """
+
+    bits: int | dict[str, int] | None = Field(
+        None, description="index width: one for all, or {kind or layer pattern: width}; "
+                          "default 8 for conv, 5 for fc")
+    layers: list[str] | None = None
+    init: Literal["linear", "density", "random"] = "linear"
+    max_iter: int = Field(300, ge=0)
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        from .sharing.bits import check_spec
+
+        check_spec(v)
+        return v
+
+
 class IterationConfig(_Strict):
     """One prune -> retrain iteration of the schedule.
 
@@ -302,6 +327,7 @@ class IterationConfig(_Strict):
     freeze: Literal["none", "conv", "fc"] | None = None
     gradual: GradualConfig | None = None
     dynamic: DynamicConfig | None = None
+    share: ShareConfig | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> IterationConfig:
@@ -309,13 +335,21 @@ class IterationConfig(_Strict):
             raise ValueError("an iteration is either 'gradual' or 'dynamic', not both")
         if (self.gradual is not None or self.dynamic is not None) and self.epochs < 1:
             raise ValueError("a gradual or dynamic iteration needs epochs >= 1")
+        if self.share is not None:
+            given = [k for k in ("q", "sparsity", "gradual", "dynamic", "layers", "freeze")
+                     if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"a 'share' iteration prunes nothing; remove {', '.join(map(repr, given))} "
+                    "(choose its layers with share.layers)"
+                )
         return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # Leave out the keys added later when unset, so earlier configs' hashes stay.
         data = handler(self)
-        for key in ("gradual", "dynamic"):
+        for key in ("gradual", "dynamic", "share"):
             if getattr(self, key) is None:
                 data.pop(key, None)
         return data
@@ -378,6 +412,13 @@ class PruneConfig(_Strict):
         need = crit.amount_kind
         other = "sparsity" if need == "q" else "q"
         for i, it in enumerate(self.schedule):
+            if it.share is not None:
+                if i != len(self.schedule) - 1:
+                    raise ValueError(
+                        f"schedule[{i}] shares weights, which must be the last iteration "
+                        "(pruning after it would undo the sharing)"
+                    )
+                continue
             if it.gradual is not None and need != "sparsity":
                 raise ValueError(
                     f"schedule[{i}] is gradual, which needs a sparsity criterion (e.g. "

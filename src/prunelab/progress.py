@@ -30,6 +30,7 @@ from .records import (
     Event,
     MaskUpdateEvent,
     PruneEvent,
+    ShareEvent,
 )
 
 __all__ = ["JsonlLog", "RichReporter"]
@@ -130,6 +131,11 @@ class RichReporter:
                 f"{record.updates} updates, pruned {sum(record.pruned.values())}, spliced "
                 f"{sum(record.spliced.values())}; weights kept {parts}"
             )
+        elif isinstance(record, ShareEvent):
+            parts = ", ".join(f"{r['layer']} {r['clusters']} values ({r['bits']} bits)"
+                              for r in record.layers)
+            self.console.print(f"[cyan]share {record.iteration}[/]: {parts}; weights stored "
+                               f"{record.compression:.1f}x smaller")
         elif isinstance(record, DropoutEvent):
             parts = ", ".join(
                 f"{c['dropout']} {c['original']:.3f}->{c['retrain']:.3f}" for c in record.changes

@@ -2,7 +2,8 @@
 points of a sensitivity sweep (:class:`SensitivityRow`, read and written as CSV).
 
 A run's ``log.jsonl`` and its checkpoint hold these records as JSON objects with a ``kind``
-field (``"epoch"``, ``"prune"``, ``"dropout"``, ``"best_epoch"``, ``"mask_update"``); in
+field (``"epoch"``, ``"prune"``, ``"dropout"``, ``"best_epoch"``, ``"mask_update"``,
+``"share"``); in
 Python they are frozen dataclasses, so nothing reads a record by a string key or a tuple by
 position.
 :func:`record_from_dict` turns a JSON object back into its record.
@@ -34,6 +35,7 @@ __all__ = [
     "PruneEvent",
     "Record",
     "SensitivityRow",
+    "ShareEvent",
     "read_rows_csv",
     "record_from_dict",
     "write_rows_csv",
@@ -182,11 +184,33 @@ class MaskUpdateEvent(_Record):
     at_epoch: float | None = None
 
 
-Event = PruneEvent | DropoutEvent | BestEpochEvent | MaskUpdateEvent
+@dataclass(frozen=True)
+class ShareEvent(_Record):
+    """Weight sharing began (the start of a ``share`` iteration): each layer's surviving
+    weights were replaced by their k-means centroids.
+
+    Attributes:
+        iteration: schedule iteration, from 1.
+        layers: per layer, :meth:`prunelab.sharing.LayerSharing.to_dict` (bits, clusters,
+            surviving weights, largest change of a weight, k-means iterations).
+        compression: storage of the shared weights as indices + codebooks against fp32
+            (:attr:`prunelab.sharing.SharingReport.compression`, no entropy coding).
+        after_epoch: epochs run before the event.
+    """
+
+    kind: ClassVar[str] = "share"
+    iteration: int
+    layers: list[dict[str, Any]]
+    compression: float
+    after_epoch: int = 0
+
+
+Event = PruneEvent | DropoutEvent | BestEpochEvent | MaskUpdateEvent | ShareEvent
 Record = EpochRecord | Event
 
 _KINDS: dict[str, type[_Record]] = {
-    c.kind: c for c in (EpochRecord, PruneEvent, DropoutEvent, BestEpochEvent, MaskUpdateEvent)
+    c.kind: c for c in (EpochRecord, PruneEvent, DropoutEvent, BestEpochEvent, MaskUpdateEvent,
+                        ShareEvent)
 }
 
 

@@ -71,10 +71,13 @@ from ..records import (
     Event,
     MaskUpdateEvent,
     PruneEvent,
+    ShareEvent,
     record_from_dict,
 )
 from ..retrain_rules import DropoutChange, apply_dropout_rule, freeze_kind
 from ..schedules import lr_schedule
+from ..selection import select_layers
+from ..sharing import WeightSharing, resolve_bits
 from ..training import (
     Callback,
     EpochStats,
@@ -304,9 +307,11 @@ class HanPipeline:
         self._params: list[nn.Parameter] = []
         self._restored = False
         # pruning during training (gradual / dynamic iterations), for the phase running now
-        self._callback: GradualPruning | DynamicSurgery | None = None
+        self._callback: GradualPruning | DynamicSurgery | WeightSharing | None = None
         self._surgery: DynamicSurgery | None = None
         self._surgery_state: dict[str, Any] | None = None
+        self._sharing: WeightSharing | None = None
+        self._sharing_state: dict[str, Any] | None = None
         self._per_epoch = 1
         self._settle_at: int | None = None
 
@@ -364,6 +369,9 @@ class HanPipeline:
         per_epoch = None
         for index, it in enumerate(self.cfg.prune.schedule):
             try:
+                if it.share is not None:
+                    self._sharing_layers(it)
+                    continue
                 self.pruner.check_step(**self._step_arguments(it, index))
                 if it.gradual is not None or it.dynamic is not None:
                     if per_epoch is None:
@@ -372,15 +380,33 @@ class HanPipeline:
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"prune.schedule[{index}]: {exc}") from None
 
+    def _sharing_layers(self, it: IterationConfig) -> WeightSharing:
+        """The (unattached) weight sharing of a ``share`` iteration, its layers and bits
+        checked against the model.
+
+        Raises:
+            ValueError: a layer or bits pattern matches no layer.
+        """
+        sc = it.share
+        assert sc is not None
+        layers = sc.layers if sc.layers is not None else self.pruner.layer_names
+        chosen = select_layers(self.model, layers)
+        resolve_bits(chosen, sc.bits)
+        return WeightSharing(sc.bits, layers=list(chosen), init=sc.init,
+                             max_iter=sc.max_iter, seed=self.cfg.seed)
+
     def _in_training(
         self, phase: int, per_epoch: int
-    ) -> tuple[GradualPruning | DynamicSurgery | None, int | None]:
-        """The callback that prunes during ``phase``'s training, and the phase step from
-        which its masks are final (``(None, None)`` for an iteration of Han's kind)."""
+    ) -> tuple[GradualPruning | DynamicSurgery | WeightSharing | None, int | None]:
+        """The callback that prunes (or shares weights) during ``phase``'s training, and the
+        phase step from which its masks are final (``(None, None)`` for an iteration of
+        Han's kind)."""
         if phase == 0:
             return None, None
         pc, it = self.cfg.prune, self.cfg.prune.schedule[phase - 1]
         index = phase - 1
+        if it.share is not None:
+            return self._sharing_layers(it), None
         total = it.epochs * per_epoch
         if it.gradual is not None:
             g = it.gradual
@@ -507,6 +533,10 @@ class HanPipeline:
             meta["world_size"] = self.world
         if self._surgery is not None and self._surgery.active:
             meta["surgery"] = self._surgery.state_dict()
+        if self._sharing is not None and self._sharing.attached:
+            state = self._sharing.state_dict()
+            meta["sharing"] = state["meta"]
+            tensors.update({f"sharing.{k}": v for k, v in state["tensors"].items()})
         save_tensors(path, tensors, meta)
 
     def restore(self) -> bool:
@@ -544,7 +574,8 @@ class HanPipeline:
                 f"checkpoint {str(path)!r} was written with a different configuration; "
                 "resume with the same config or start a new run directory"
             )
-        strip = {"model.": {}, "best.": {}, "dense.": {}}
+        strip: dict[str, dict[str, torch.Tensor]] = {"model.": {}, "best.": {}, "dense.": {},
+                                                    "sharing.": {}}
         for k, v in tensors.items():
             for prefix, d in strip.items():
                 if k.startswith(prefix):
@@ -563,6 +594,8 @@ class HanPipeline:
         self.dense_val_accuracy = meta["dense_val_accuracy"]
         self.dense_state = strip["dense."]
         self._surgery_state = meta.get("surgery")
+        self._sharing_state = (None if meta.get("sharing") is None
+                               else {"meta": meta["sharing"], "tensors": strip["sharing."]})
         self.dropout_now = {k: float(v) for k, v in meta["dropout_now"].items()}
         mods = dict(self.model.named_modules())
         for name, p in self.dropout_now.items():
@@ -592,15 +625,21 @@ class HanPipeline:
             self._callback, self._settle_at = self._in_training(phase, self._per_epoch)
             callback = self._callback
             self._surgery = callback if isinstance(callback, DynamicSurgery) else None
+            self._sharing = callback if isinstance(callback, WeightSharing) else None
             if self.epoch_done == 0:
                 if phase > 0:
-                    if isinstance(callback, GradualPruning):
+                    if isinstance(callback, WeightSharing):
+                        report = callback.attach(self.model)
+                        self._emit(ShareEvent(iteration=phase, layers=report.to_dict()["layers"],
+                                              compression=report.compression))
+                    elif isinstance(callback, GradualPruning):
                         callback.prune_due(0)
                     elif isinstance(callback, DynamicSurgery):
                         callback.start()
                     else:
                         self._prune(self.cfg.prune.schedule[phase - 1], phase - 1)
-                    changes = self._apply_dropout(phase)
+                    changes = ([] if isinstance(callback, WeightSharing)  # nothing pruned
+                               else self._apply_dropout(phase))
                     if changes:
                         self._emit(DropoutEvent(iteration=phase,
                                                 changes=[c.to_dict() for c in changes]))
@@ -615,6 +654,12 @@ class HanPipeline:
                     raise CheckpointError("the checkpoint of a dynamic-surgery phase has no "
                                           "surgery state; start the run afresh")
                 callback.resume(self._surgery_state)
+            if self.epoch_done > 0 and isinstance(callback, WeightSharing):
+                if self._sharing_state is None:
+                    raise CheckpointError("the checkpoint of a weight-sharing phase has no "
+                                          "sharing state; start the run afresh")
+                callback.load_state_dict(self._sharing_state)
+                callback.attach(self.model)
             policy = s.lr_policy
             lr_at = lr_schedule(policy.name, s.lr, s.epochs * len(batches), gamma=policy.gamma,
                                 power=policy.power, milestones=policy.milestones,
@@ -635,7 +680,10 @@ class HanPipeline:
             self.reporter.phase_end()
             if isinstance(callback, DynamicSurgery):
                 callback.finish(self.optimizer)
+            if isinstance(callback, WeightSharing):
+                callback.detach()  # the weights keep their shared values
             self._surgery, self._surgery_state, self._callback = None, None, None
+            self._sharing, self._sharing_state = None, None
             self._finish_phase(phase, s.keep_best)
         for p in self.model.parameters():  # frozen only for the retraining phases
             p.requires_grad_(True)

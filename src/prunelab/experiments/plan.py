@@ -100,6 +100,8 @@ def _targets(cfg: RunConfig, pruner: Pruner) -> tuple[dict[str, float], dict[str
     density: dict[str, float] = {}
     qs: dict[str, list[float]] = {n: [] for n in pruner.layers}
     for it in pc.schedule:
+        if it.share is not None:  # prunes nothing
+            continue
         # the layers a step prunes, matched exactly as Pruner.step matches them
         chosen = list(pruner.layers if it.layers is None
                       else select_layers(pruner.model, it.layers))
@@ -124,6 +126,8 @@ def run_plan(cfg: RunConfig) -> RunPlan:
     pruner = Pruner(model, cfg.prune.layers, exclude=cfg.prune.exclude,
                     std_source=cfg.prune.std_source)
     for index, it in enumerate(cfg.prune.schedule):
+        if it.share is not None:
+            continue
         args: dict[str, Any] = {"method": cfg.prune.method, "amount": cfg.prune.amount(it),
                                 "layers": it.layers, "scope": cfg.prune.scope,
                                 "min_density": cfg.prune.min_density, **cfg.prune.method_options}
