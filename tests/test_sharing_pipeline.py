@@ -70,6 +70,16 @@ def test_centroid_fine_tuning_moves_the_centroids_and_lowers_the_loss(
     assert share_epochs[-1].loss < share_epochs[0].loss
 
 
+def test_share_lr_factor_sets_the_centroid_learning_rate(mlp_factory, data, config_factory):
+    cfg = _cfg(config_factory, {"bits": 3, "lr_factor": 0.001}, epochs=1)
+    result = HanPipeline(mlp_factory(), cfg, data).run()
+    base = cfg.train.optimizer.lr
+    retrain = next(r for r in result.history if r.iteration == 1)
+    share = next(r for r in result.history if r.iteration == 2)
+    assert retrain.lr > 0.01 * base  # prune.retrain.lr_factor (0.1 by default)
+    assert 0 < share.lr <= 0.001 * base
+
+
 def test_share_config_errors(config_factory):
     with pytest.raises(ConfigError, match="must be the last iteration"):
         config_factory(prune={"method": "magnitude", "schedule": [

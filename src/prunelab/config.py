@@ -302,6 +302,10 @@ class ShareConfig(_Strict):
     layers: list[str] | None = None
     init: Literal["linear", "density", "random"] = "linear"
     max_iter: int = Field(300, ge=0)
+    lr_factor: float | None = Field(
+        None, gt=0, description="centroid learning rate as a factor of the training lr "
+                                "(default: prune.retrain.lr_factor); a centroid's gradient is "
+                                "the sum over its members, so it wants a smaller one")
 
     @field_validator("bits")
     @classmethod

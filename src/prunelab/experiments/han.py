@@ -193,7 +193,10 @@ class PhaseSettings:
                        "none", t.keep_best)
         it = config.prune.schedule[phase - 1]
         opt = r.optimizer or t.optimizer
-        return cls(it.epochs, opt.lr * r.lr_factor, opt, r.lr_policy or t.lr_policy,
+        factor = r.lr_factor
+        if it.share is not None and it.share.lr_factor is not None:
+            factor = it.share.lr_factor
+        return cls(it.epochs, opt.lr * factor, opt, r.lr_policy or t.lr_policy,
                    r.regularization or t.regularization, it.freeze or r.freeze, r.keep_best)
 
     @property
