@@ -163,3 +163,62 @@ def test_yaml_run_then_compressed_export_evaluates_to_the_same_error(tmp_path, c
     assert main(["evaluate", str(packed), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == source
     assert packed.stat().st_size < (out / "model.safetensors").stat().st_size / 10
+
+
+# ----------------------------------------------------------------------------- prunelab share
+
+
+@pytest.fixture(scope="module")
+def pruned_file(tmp_path_factory: pytest.TempPathFactory):
+    from prunelab.modelfile import save_model_file
+    from prunelab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    Pruner(model).step("magnitude", 0.9)
+    path = tmp_path_factory.mktemp("share") / "model.safetensors"
+    save_model_file(path, model, {"name": "lenet300", "kwargs": {}},
+                    dataset={"name": "mnist", "mean": 0.1307, "std": 0.3081, "subset": 1200,
+                             "val_size": 200})
+    return path
+
+
+def test_cli_share_keeps_masks_picks_the_epoch_on_validation_and_evaluates_the_same(
+        pruned_file, tmp_path, capsys):
+    from prunelab.cli import main
+    from prunelab.modelfile import load_model_file
+
+    out = tmp_path / "shared.safetensors"
+    assert main(["share", str(pruned_file), "--out", str(out), "--bits", "fc=3,fc3=2",
+                 "--epochs", "2", "--lr", "1e-3", "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [e["epoch"] for e in result["epochs"]] == [0, 1, 2]
+    best = min(result["epochs"], key=lambda e: e["val_error"])
+    assert result["best_epoch"] == best["epoch"] and result["val_error"] == best["val_error"]
+    source, _ = load_model_file(pruned_file)
+    shared, meta = load_model_file(out)
+    assert meta["sharing"]["result"]["best_epoch"] == result["best_epoch"]
+    for name in ("fc1", "fc2", "fc3"):
+        a, b = getattr(source, name), getattr(shared, name)
+        assert torch.equal(get_mask(a), get_mask(b)), name  # sharing prunes nothing
+        assert len(_values(b)) <= (4 if name == "fc3" else 8), name
+    assert main(["evaluate", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_error"] == pytest.approx(
+        result["test_error"], abs=1e-9)
+    packed = tmp_path / "packed.safetensors"
+    assert main(["export", str(out), "--format", "compressed", "--out", str(packed)]) == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--bits", "0"], "--bits"),
+    (["--epochs", "-1"], "epochs=-1 is invalid; allowed: an integer >= 0"),
+    (["--layers", "nope*"], "nope"),
+])
+def test_cli_share_bad_input_is_one_line(pruned_file, tmp_path, capsys, argv, message):
+    from prunelab.cli import main
+
+    out = tmp_path / "x.safetensors"
+    assert main(["share", str(pruned_file), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prunelab: error:") and message in err and "\n" not in err
+    assert not out.exists()

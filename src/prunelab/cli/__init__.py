@@ -253,10 +253,11 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands registered by the modules beside this one (export, imagefolder, report,
-    rethink)."""
-    from . import export, imagefolder, report, rethink
+    rethink, share)."""
+    from . import export, imagefolder, report, rethink, share
 
-    return [export.register, imagefolder.register, report.register, rethink.register]
+    return [export.register, imagefolder.register, report.register, rethink.register,
+            share.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
