@@ -213,3 +213,31 @@ def keep_first() -> Iterator[type[KeepFirst]]:
     register_criterion("keep_first")(KeepFirst)
     yield KeepFirst
     unregister_criterion("keep_first")
+
+
+class StopRunError(RuntimeError):
+    """Raised by :class:`StopAfterEpochs`: a run interrupted on purpose."""
+
+
+class StopAfterEpochs:
+    """A pipeline reporter that interrupts the run after ``n`` epochs (tests of resume)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def phase_start(self, name: str, epochs: int, batches_per_epoch: int) -> None:
+        pass
+
+    def batch(self) -> None:
+        pass
+
+    def epoch_end(self, record: object) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            raise StopRunError
+
+    def event(self, record: object) -> None:
+        pass
+
+    def phase_end(self) -> None:
+        pass

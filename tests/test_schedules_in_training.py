@@ -8,13 +8,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import StopAfterEpochs, StopRunError
 from torch import nn
 from torch.ao.pruning import CubicSL
 
 from prunelab.config import ConfigError, parse_config
 from prunelab.data import TensorBatches
 from prunelab.dns import DynamicSurgery, surgery_mask
-from prunelab.experiments.han import CHECKPOINT_NAME, HanPipeline, SilentReporter
+from prunelab.experiments.han import CHECKPOINT_NAME, HanPipeline
 from prunelab.gradual import GradualPruning
 from prunelab.masks import (
     get_mask,
@@ -240,20 +241,6 @@ def test_old_configs_hash_the_same():
     assert "gradual" not in dumped and "dynamic" not in dumped
 
 
-class _StopError(RuntimeError):
-    pass
-
-
-class _StopErrorAfter(SilentReporter):
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    def epoch_end(self, record) -> None:
-        self.seen += 1
-        if self.seen == self.n:
-            raise _StopError
-
-
 @pytest.mark.parametrize(("kind", "stop_after"), list(itertools.product(["gradual", "dynamic"],
                                                                     [3, 4])))
 def test_resume_in_training_is_bit_identical(mlp_factory, data, config_factory, tmp_path,
@@ -267,9 +254,9 @@ def test_resume_in_training_is_bit_identical(mlp_factory, data, config_factory, 
     full = mlp_factory(dropout=0.5)
     expected = HanPipeline(full, cfg, data, run_dir=tmp_path / "full").run()
     broken = tmp_path / "broken"
-    with pytest.raises(_StopError):
+    with pytest.raises(StopRunError):
         HanPipeline(mlp_factory(dropout=0.5), cfg, data, run_dir=broken,
-                    reporter=_StopErrorAfter(stop_after)).run()
+                    reporter=StopAfterEpochs(stop_after)).run()
     copy = tmp_path / "copy"
     copy.mkdir()
     shutil.copy2(broken / CHECKPOINT_NAME, copy / CHECKPOINT_NAME)

@@ -9,9 +9,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import StopAfterEpochs, StopRunError
 
 from prunelab.config import ConfigError
-from prunelab.experiments.han import CHECKPOINT_NAME, HanPipeline, SilentReporter
+from prunelab.experiments.han import CHECKPOINT_NAME, HanPipeline
 from prunelab.masks import get_mask
 from prunelab.pruner import Pruner
 from prunelab.records import PruneEvent, ShareEvent, record_from_dict
@@ -99,27 +100,13 @@ def test_share_layer_pattern_matching_nothing_is_refused_before_training(
         HanPipeline(mlp_factory(), cfg, data)
 
 
-class _StopError(RuntimeError):
-    pass
-
-
-class _StopAfter(SilentReporter):
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    def epoch_end(self, record) -> None:
-        self.seen += 1
-        if self.seen == self.n:
-            raise _StopError
-
-
 def test_resume_in_a_share_phase_is_bit_identical(mlp_factory, data, config_factory, tmp_path):
     cfg = _cfg(config_factory, {"bits": 3}, epochs=3)
     full = mlp_factory()
     expected = HanPipeline(full, cfg, data, run_dir=tmp_path / "full").run()
     broken = tmp_path / "broken"
-    with pytest.raises(_StopError):  # epochs: 1 dense, 1 retrain, then 1 of 3 sharing
-        HanPipeline(mlp_factory(), cfg, data, run_dir=broken, reporter=_StopAfter(3)).run()
+    with pytest.raises(StopRunError):  # epochs: 1 dense, 1 retrain, then 1 of 3 sharing
+        HanPipeline(mlp_factory(), cfg, data, run_dir=broken, reporter=StopAfterEpochs(3)).run()
     copy = tmp_path / "copy"
     copy.mkdir()
     shutil.copy2(broken / CHECKPOINT_NAME, copy / CHECKPOINT_NAME)
