@@ -311,9 +311,7 @@ class HanPipeline:
         self._restored = False
         # pruning during training (gradual / dynamic iterations), for the phase running now
         self._callback: GradualPruning | DynamicSurgery | WeightSharing | None = None
-        self._surgery: DynamicSurgery | None = None
         self._surgery_state: dict[str, Any] | None = None
-        self._sharing: WeightSharing | None = None
         self._sharing_state: dict[str, Any] | None = None
         self._per_epoch = 1
         self._settle_at: int | None = None
@@ -344,17 +342,20 @@ class HanPipeline:
     def _prune(self, it: IterationConfig, index: int) -> None:
         pc = self.cfg.prune
         results = self.pruner.step(**self._step_arguments(it, index))
-        dead = None
-        if pc.dead_neurons:
-            dead = prune_dead_neurons(self.model, self._structure(), self.example).counts()
-            if is_distributed():  # found from activations: rank 0's decision everywhere
-                sync_masks(self.model)
-                dead = broadcast_object(dead)
+        dead = self._remove_dead_neurons() if pc.dead_neurons else None
         if pc.reinit:
             self._reinitialise(index + 1)
         self._emit(PruneEvent(iteration=index + 1, method=pc.method,
                               layers=[r.to_dict() for r in results], dead_neurons=dead,
                               reinit=pc.reinit))
+
+    def _remove_dead_neurons(self) -> dict[str, dict[str, int]]:
+        """Mask the neurons no input reaches or no output reads; their counts per layer."""
+        dead = prune_dead_neurons(self.model, self._structure(), self.example).counts()
+        if is_distributed():  # found from activations: rank 0's decision everywhere
+            sync_masks(self.model)
+            dead = broadcast_object(dead)
+        return dead
 
     def _step_arguments(self, it: IterationConfig, index: int) -> dict[str, Any]:
         """The :meth:`Pruner.step` arguments of schedule iteration ``index``."""
@@ -447,10 +448,7 @@ class HanPipeline:
         dead = None
         callback = self._callback
         if pc.dead_neurons and isinstance(callback, GradualPruning) and t == callback.last_point:
-            dead = prune_dead_neurons(self.model, self._structure(), self.example).counts()
-            if is_distributed():
-                sync_masks(self.model)
-                dead = broadcast_object(dead)
+            dead = self._remove_dead_neurons()
         steps = t * (self._per_epoch if it.gradual.unit == "epoch" else 1)
         self._emit(PruneEvent(iteration=phase, method=pc.method,
                               layers=[r.to_dict() for r in results], dead_neurons=dead,
@@ -534,10 +532,11 @@ class HanPipeline:
         }
         if self.world > 1:  # absent for 1 process, so earlier checkpoints stay valid
             meta["world_size"] = self.world
-        if self._surgery is not None and self._surgery.active:
-            meta["surgery"] = self._surgery.state_dict()
-        if self._sharing is not None and self._sharing.attached:
-            state = self._sharing.state_dict()
+        callback = self._callback
+        if isinstance(callback, DynamicSurgery) and callback.active:
+            meta["surgery"] = callback.state_dict()
+        if isinstance(callback, WeightSharing) and callback.attached:
+            state = callback.state_dict()
             meta["sharing"] = state["meta"]
             tensors.update({f"sharing.{k}": v for k, v in state["tensors"].items()})
         save_tensors(path, tensors, meta)
@@ -627,8 +626,6 @@ class HanPipeline:
             s = self.settings(phase)
             self._callback, self._settle_at = self._in_training(phase, self._per_epoch)
             callback = self._callback
-            self._surgery = callback if isinstance(callback, DynamicSurgery) else None
-            self._sharing = callback if isinstance(callback, WeightSharing) else None
             if self.epoch_done == 0:
                 if phase > 0:
                     if isinstance(callback, WeightSharing):
@@ -685,8 +682,7 @@ class HanPipeline:
                 callback.finish(self.optimizer)
             if isinstance(callback, WeightSharing):
                 callback.detach()  # the weights keep their shared values
-            self._surgery, self._surgery_state, self._callback = None, None, None
-            self._sharing, self._sharing_state = None, None
+            self._callback, self._surgery_state, self._sharing_state = None, None, None
             self._finish_phase(phase, s.keep_best)
         for p in self.model.parameters():  # frozen only for the retraining phases
             p.requires_grad_(True)

@@ -25,7 +25,8 @@ from ..masks import load_pruned_state_dict
 from ..modelfile import load_model_file, save_model_file
 from ..sharing import INITS, WeightSharing
 from ..sharing.bits import BitsSpec, check_spec
-from ..training import Trainer, evaluate, make_optimizer
+from ..training import Trainer, make_optimizer
+from .evaluation import test_error
 
 __all__ = ["ShareResult", "ShareSettings", "share_model_file"]
 
@@ -99,9 +100,9 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _errors(model: torch.nn.Module, splits: Any) -> tuple[float, float]:
-    val = 100.0 * (1.0 - evaluate(model, splits.x_val, splits.y_val)[1])
-    test = 100.0 * (1.0 - evaluate(model, splits.x_test, splits.y_test)[1])
-    return val, test
+    """Validation and test error in percent."""
+    return (test_error(model, splits.x_val, splits.y_val),
+            test_error(model, splits.x_test, splits.y_test))
 
 
 def share_model_file(
