@@ -88,6 +88,8 @@ class DataConfig(_Strict):
     ``val/`` is the test set. Its keys: ``image_size`` (training random-resized crop and
     evaluation centre crop), ``resize_size`` (evaluation resize), per-channel ``mean`` and
     ``std`` (ImageNet's by default), ``workers`` and ``augment`` (random crop and flip).
+    The in-memory datasets take ``shift``: each training image moved by a random whole
+    number of pixels in ``[-shift, shift]`` along each axis, drawn anew every epoch (0: none).
     """
 
     name: Literal["mnist", "fashion-mnist", "imagefolder"] = "mnist"
@@ -105,6 +107,9 @@ class DataConfig(_Strict):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     workers: int = Field(4, ge=0)
     augment: bool = True
+    shift: int = Field(0, ge=0, le=8, description=(
+        "mnist / fashion-mnist: translate each training image by a random number of pixels "
+        "in [-shift, shift] along each axis, every epoch (0: no augmentation)"))
 
     @field_validator("val_size")
     @classmethod
@@ -117,6 +122,9 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _per_dataset(self) -> DataConfig:
         if self.name == "imagefolder":
+            if self.shift:
+                raise ValueError(f"shift={self.shift} applies to the in-memory datasets "
+                                 "(mnist, fashion-mnist) only; imagefolder has augment")
             if any(not v > 0 for v in self.std):
                 raise ValueError(f"std {self.std} must be > 0 in every channel")
             if self.resize_size < self.image_size:
@@ -136,6 +144,8 @@ class DataConfig(_Strict):
         # The image-folder keys are left out for the in-memory datasets, so their configs
         # (and config_hash) are those of runs made before the keys existed.
         data = handler(self)
+        if not self.shift:  # configs without augmentation keep their earlier hashes
+            data.pop("shift", None)
         if self.name != "imagefolder":
             for key in IMAGEFOLDER_KEYS:
                 data.pop(key, None)

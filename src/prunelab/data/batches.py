@@ -15,6 +15,13 @@ seed), padded by repeating its start to a multiple of ``world``, rank ``r`` taki
 is batch ``b`` of one process with batch size ``B``. ``pad=False`` gives evaluation shards
 instead: ``[rank::world]``, no example repeated, so per-rank sums add up to the whole split.
 
+``shift=s`` translates every training image by a random whole number of pixels in
+``[-s, s]`` along each axis, filling the uncovered border with the background value (the
+inputs' minimum: a blank pixel of MNIST-like data after normalising). The offsets are drawn
+from the epoch's generator after its permutation, one pair per example of the whole epoch,
+so the permutation is that of ``shift=0``, a resumed epoch gets the same images, and the
+ranks of a data-parallel epoch together see exactly one process's batches.
+
 Example:
     >>> import torch
     >>> b = TensorBatches(torch.arange(10.0).unsqueeze(1), torch.arange(10), batch_size=4)
@@ -30,7 +37,9 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["TensorBatches", "check_rank", "shard_indices", "shard_size"]
+__all__ = ["TensorBatches", "check_rank", "shard_indices", "shard_size", "translate"]
+
+MAX_SHIFT = 8
 
 
 class TensorBatches:
@@ -47,10 +56,13 @@ class TensorBatches:
             rank gets ``ceil(N / world)`` examples (as ``DistributedSampler`` does; for
             training); ``False``: rank ``r`` gets the positions ``r::world`` only (for
             evaluation: every example on exactly one rank).
+        shift: random translation of each image by up to this many pixels along each axis
+            (0: none; needs ``shuffle`` and images ``[N, C, H, W]``; see the module docstring).
 
     Raises:
         ValueError: a batch size that is not a positive integer, ``x`` and ``y`` of
-            different lengths, or a rank outside ``[0, world)``.
+            different lengths, a rank outside ``[0, world)``, or a shift that is not an
+            integer in ``[0, 8]`` or is given for unshuffled or non-image inputs.
 
     Example:
         >>> x, y = torch.arange(6.0).unsqueeze(1), torch.arange(6)
@@ -74,12 +86,20 @@ class TensorBatches:
         rank: int = 0,
         world: int = 1,
         pad: bool = True,
+        shift: int = 0,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1")
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"inputs have {x.shape[0]} examples but targets {y.shape[0]}")
         check_rank(rank, world)
+        if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= MAX_SHIFT:
+            raise ValueError(f"shift={shift!r} is invalid; allowed: an integer in [0, {MAX_SHIFT}]")
+        if shift and (not shuffle or x.ndim != 4):
+            raise ValueError(f"shift={shift} needs shuffled image batches [N, C, H, W]; got "
+                             f"shuffle={shuffle} and inputs of shape {tuple(x.shape)}")
+        self.shift = shift
+        self._fill = float(x.amin()) if shift and x.numel() else 0.0
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -109,10 +129,21 @@ class TensorBatches:
                 yield self.x[b * bs : (b + 1) * bs], self.y[b * bs : (b + 1) * bs]
             return
         gen = torch.Generator().manual_seed(self._seed)
-        order = torch.randperm(self.x.shape[0], generator=gen).to(self.x.device)
+        order = torch.randperm(self.x.shape[0], generator=gen)
+        x = self._epoch_inputs(gen)
+        order = order.to(self.x.device)
         for b in range(len(self)):
             idx = order[b * bs : (b + 1) * bs]
-            yield self.x[idx], self.y[idx]
+            yield x[idx], self.y[idx]
+
+    def _epoch_inputs(self, gen: torch.Generator) -> torch.Tensor:
+        """This epoch's inputs: ``x`` itself, or with a shift every image translated by its
+        offsets (``[N, 2]`` draws of the epoch's generator, after the permutation)."""
+        if not self.shift:
+            return self.x
+        s = self.shift
+        offsets = torch.randint(-s, s + 1, (int(self.x.shape[0]), 2), generator=gen)
+        return translate(self.x, offsets.to(self.x.device), fill=self._fill)
 
     def _shard(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of a ``world > 1`` epoch (see the module docstring)."""
@@ -120,13 +151,37 @@ class TensorBatches:
         if self.shuffle:
             gen = torch.Generator().manual_seed(self._seed)
             order = torch.randperm(n, generator=gen)
+            x = self._epoch_inputs(gen)
         else:
-            order = torch.arange(n)
+            order, x = torch.arange(n), self.x
         mine = shard_indices(order, self.rank, self.world, pad=self.pad).to(self.x.device)
         bs = self.batch_size
         for b in range(len(self)):
             idx = mine[b * bs : (b + 1) * bs]
-            yield self.x[idx], self.y[idx]
+            yield x[idx], self.y[idx]
+
+
+def translate(x: torch.Tensor, offsets: torch.Tensor, *, fill: float = 0.0) -> torch.Tensor:
+    """Images ``x [B, C, H, W]`` moved by whole pixels: image ``i`` by ``offsets[i] = (dy, dx)``.
+
+    Pixel ``(r, c)`` of the result is pixel ``(r - dy, c - dx)`` of the input where that lies
+    inside the image, and ``fill`` elsewhere. One copy per distinct offset, so a whole epoch
+    is translated in a few large slices.
+
+    Example:
+        >>> x = torch.arange(9.0).reshape(1, 1, 3, 3)
+        >>> translate(x, torch.tensor([[1, -1]]), fill=-1.0)[0, 0].tolist()
+        [[-1.0, -1.0, -1.0], [1.0, 2.0, -1.0], [4.0, 5.0, -1.0]]
+    """
+    h, w = x.shape[-2:]
+    out = torch.full_like(x, fill)
+    for (dy, dx) in torch.unique(offsets, dim=0).tolist():
+        sel = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().squeeze(1)
+        if abs(dy) >= h or abs(dx) >= w:
+            continue
+        src = x[sel][:, :, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+        out[sel, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = src
+    return out
 
 
 def check_rank(rank: int, world: int) -> None:

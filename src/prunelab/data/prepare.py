@@ -121,15 +121,17 @@ class TensorSplits:
         """The first ``n`` training images (to trace, count FLOPs, run ThiNet)."""
         return self.x_train[:n]
 
-    def train_batches(self, batch_size: int, *, rank: int = 0, world: int = 1) -> TensorBatches:
+    def train_batches(self, batch_size: int, *, rank: int = 0, world: int = 1,
+                      shift: int = 0) -> TensorBatches:
         """Shuffled training batches of ``batch_size`` (per rank), seeded by ``set_epoch``.
 
         For ``world > 1`` rank ``rank`` gets its ``DistributedSampler`` share of each
         epoch's permutation (padded; see :class:`TensorBatches`), so the union over ranks of
-        batch ``b`` is batch ``b`` of one process with ``world * batch_size``.
+        batch ``b`` is batch ``b`` of one process with ``world * batch_size``. ``shift``:
+        random translations of up to that many pixels (see :class:`TensorBatches`).
         """
         return TensorBatches(self.x_train, self.y_train, batch_size=batch_size,
-                             rank=rank, world=world)
+                             rank=rank, world=world, shift=shift)
 
     def val_batches(self, batch_size: int, *, rank: int = 0, world: int = 1) -> TensorBatches:
         """Validation batches in order; rank ``rank`` gets ``[rank::world]``, no padding."""

@@ -705,8 +705,9 @@ class HanPipeline:
 
     def _train_batches(self) -> Any:
         """This rank's training batches: its share of each global batch of the config."""
+        shift = {"shift": self.cfg.data.shift} if self.cfg.data.shift else {}
         return self._on_device(self.data.train_batches(
-            self.cfg.train.batch_size // self.world, rank=self.rank, world=self.world))
+            self.cfg.train.batch_size // self.world, rank=self.rank, world=self.world, **shift))
 
     def _validate(self) -> tuple[float, float]:
         """Validation loss and accuracy; in a process group each rank evaluates its shard
