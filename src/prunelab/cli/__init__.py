@@ -19,7 +19,7 @@ __all__ = ["BUILTIN_CONFIGS", "add_allow_import", "builtin_config_path", "error_
 
 BUILTIN_CONFIGS: tuple[str, ...] = (
     "han2015-lenet300", "han2015-lenet5", "han2015-alexnet", "han2015-vgg16",
-    "beyond-lenet300", "smoke-imagefolder",
+    "beyond-lenet300", "beyond-lenet5", "smoke-imagefolder",
 )
 
 
