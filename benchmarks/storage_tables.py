@@ -8,7 +8,8 @@ check that every export reloads bit-identically. Writes Markdown and JSON.
 
 Usage:
     python benchmarks/storage_tables.py benchmarks/results/han2015-lenet300/model.safetensors \
-        benchmarks/results/han2015-lenet5/model.safetensors --out benchmarks/results/storage
+        benchmarks/results/han2015-lenet5/no-shift/model.safetensors \
+        --out benchmarks/results/storage
 """
 
 from __future__ import annotations
