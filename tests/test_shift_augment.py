@@ -97,6 +97,10 @@ def test_bad_shift_is_refused_with_the_allowed_values(kwargs, message):
     x, y = _images(4)
     with pytest.raises(ValueError, match=message):
         TensorBatches(x, y, batch_size=2, **kwargs)
+
+
+def test_shift_of_flat_inputs_is_refused():
+    x, y = _images(4)
     with pytest.raises(ValueError, match="needs shuffled image batches"):
         TensorBatches(x.flatten(1), y, batch_size=2, shift=1)
 

@@ -176,9 +176,9 @@ def translate(x: torch.Tensor, offsets: torch.Tensor, *, fill: float = 0.0) -> t
     h, w = x.shape[-2:]
     out = torch.full_like(x, fill)
     for (dy, dx) in torch.unique(offsets, dim=0).tolist():
-        sel = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().squeeze(1)
-        if abs(dy) >= h or abs(dx) >= w:
+        if abs(dy) >= h or abs(dx) >= w:  # moved out of the image: all fill
             continue
+        sel = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().squeeze(1)
         src = x[sel][:, :, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
         out[sel, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = src
     return out

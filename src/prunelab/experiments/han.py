@@ -705,6 +705,7 @@ class HanPipeline:
 
     def _train_batches(self) -> Any:
         """This rank's training batches: its share of each global batch of the config."""
+        # only the in-memory splits take shift (the config refuses it for image folders)
         shift = {"shift": self.cfg.data.shift} if self.cfg.data.shift else {}
         return self._on_device(self.data.train_batches(
             self.cfg.train.batch_size // self.world, rank=self.rank, world=self.world, **shift))
