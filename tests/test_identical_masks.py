@@ -42,7 +42,7 @@ DENSE = {
     "lenet5": "han2015-lenet5/no-shift/dense_model.safetensors",
 }
 
-# q schedules of src/prunelab/configs/han2015-*.yaml (lenet5: the schedule of no-shift/)
+# q schedules of src/prunelab/configs/han2015-*.yaml (the shifts left them unchanged)
 SCHEDULES = {
     "lenet300": [{"fc1": 0.96, "fc2": 0.84, "fc3": 0.20}, {"fc1": 1.53, "fc2": 1.43, "fc3": 0.33},
                  {"fc1": 2.00, "fc2": 1.95, "fc3": 0.42}],
